@@ -1,0 +1,1 @@
+"""Search: studies, executors, the `bitsearch` CLI and the HTTP API."""

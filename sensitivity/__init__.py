@@ -1,0 +1,1 @@
+"""Sensitivity estimators: per (layer, timestep group, bit-width) predicted degradation."""

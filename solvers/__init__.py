@@ -1,0 +1,1 @@
+"""Solvers: choose per-layer, per-timestep bit-widths under budgets."""

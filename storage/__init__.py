@@ -1,0 +1,1 @@
+"""Storage: the SQLAlchemy schema and session helpers; the single source of truth."""

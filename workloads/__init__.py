@@ -1,0 +1,1 @@
+"""Workloads: a denoiser + sampler + prompts/seeds + metrics (see issue: built-in workload)."""
