@@ -1,0 +1,92 @@
+"""The Backend contract: how one layer runs at given (weight, activation) bits.
+
+A backend turns a Linear/Conv2d module into `LayerKernel`s, one per bit pair the config asks
+for; `quant.apply` wires them into the model and switches between them per timestep group.
+
+Contract for implementations (checked by tests/quant/test_backends.py for every registered name):
+- `supports(bits, kind, group_size)` is exact: `kernels` succeeds for every supported pair and is
+  never asked for another.
+- Each kernel's `label` says how it REALLY runs: `int8-kernel` (integer GEMM/conv on int8 codes),
+  `weight-only-kernel` (integer weights consumed by a mixed-dtype kernel), `dequantize-float`
+  (integer weights expanded to float at each call), `simulated` (fake-quant numerics on float
+  weights), or `float` (unquantized).
+- Weights are quantized once per distinct weight bit-width, never per call or per step; kernels of
+  the same layer share prepared weights. `held` lists the tensors a kernel keeps alive so memory
+  can be counted honestly.
+- Kernels take the input and the activation scale of the current timestep group (None for A16)
+  and return the output in the input's dtype.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from torch import Tensor, nn
+
+from quant.config import Bits
+from quant.layers import LayerKind
+
+RunLabel = Literal["int8-kernel", "weight-only-kernel", "dequantize-float", "simulated", "float"]
+REAL_LABELS: tuple[RunLabel, ...] = ("int8-kernel", "weight-only-kernel", "dequantize-float")
+
+
+@dataclass
+class LayerKernel:
+    label: RunLabel
+    run: Callable[[Tensor, float | None], Tensor]
+    held: list[Tensor] = field(default_factory=list)
+
+
+class UnsupportedBits(ValueError):
+    """The backend has no kernel for this bit pair on this layer kind."""
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    def supports(self, bits: Bits, kind: LayerKind, group_size: int | None = None) -> bool:
+        """Whether `kernels` can run this pair on this kind of layer."""
+
+    @abstractmethod
+    def kernels(
+        self, module: nn.Module, kind: LayerKind, bits: set[Bits], group_size: int | None = None
+    ) -> dict[Bits, LayerKernel]:
+        """One kernel per requested pair, sharing prepared weights between pairs."""
+
+
+_REGISTRY: dict[str, Callable[[], Backend]] = {}
+
+
+def register(cls: type[Backend]) -> type[Backend]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def backend_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_backend(name: str | Backend) -> Backend:
+    if isinstance(name, Backend):
+        return name
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(backend_names())}")
+    return _REGISTRY[name]()
+
+
+def float_forward(module: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
+    """The module's own float op (padding, stride, groups...) with a substitute weight."""
+    bias = module.bias.to(x.dtype) if module.bias is not None else None
+    if isinstance(module, nn.Conv2d):
+        return module._conv_forward(x, weight.to(x.dtype), bias)
+    return nn.functional.linear(x, weight.to(x.dtype), bias)
+
+
+def float_kernel(module: nn.Module) -> LayerKernel:
+    """Run the layer unquantized (W16A16), in the input's dtype."""
+    weight = module.weight
+    return LayerKernel("float", lambda x, _scale: float_forward(module, x, weight), [weight])
