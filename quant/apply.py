@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 # Importing the backend modules registers them.
 from quant.backends import fake as _fake  # noqa: F401
 from quant.backends import int8 as _int8  # noqa: F401
-from quant.backends.base import Backend, LayerKernel, RunLabel, get_backend
+from quant.backends.base import Backend, LayerKernel, Quantizable, RunLabel, get_backend
 from quant.calibrate import ActivationRanges
 from quant.config import HIGH_PRECISION, BitConfig, Bits, ConfigError, TimestepGroups
 from quant.layers import quantizable_modules
@@ -172,7 +173,7 @@ def apply(
                 )
         scales = tuple(_act_scale(name, g, b, ranges) for g, b in enumerate(plan))
         with torch.no_grad():
-            kernels = be.kernels(module, kind, set(plan), config.weight_group_size)
+            kernels = be.kernels(cast(Quantizable, module), kind, set(plan), config.weight_group_size)
         layers[name] = QuantLayer(module, plan, kernels, scales, ctx)
     for name, q in layers.items():
         _set_submodule(model, name, q)

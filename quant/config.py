@@ -109,24 +109,24 @@ class TimestepGroups:
     @classmethod
     def from_spans(cls, spans: Iterable[Iterable[int]], num_steps: int | None = None) -> TimestepGroups:
         """From inclusive spans like `[(0, 2), (3, 16), (17, 19)]`; they must cover every step, no gaps."""
-        spans = [tuple(int(v) for v in sp) for sp in spans]
-        if not spans:
-            raise ConfigError("no timestep spans given")
-        total = spans[-1][1] + 1 if num_steps is None else num_steps
+        pairs = [tuple(int(v) for v in sp) for sp in spans]
+        if not pairs or any(len(p) != 2 for p in pairs):
+            raise ConfigError(f"timestep spans must be [first, last] pairs, got {pairs}")
+        total = pairs[-1][1] + 1 if num_steps is None else num_steps
         expected = 0
-        for lo, hi in spans:
+        for lo, hi in pairs:
             if lo != expected or hi < lo:
                 raise ConfigError(
-                    f"timestep spans {spans} leave a gap or overlap at step {expected}: spans must be "
+                    f"timestep spans {pairs} leave a gap or overlap at step {expected}: spans must be "
                     f"contiguous, inclusive, and cover steps 0..{total - 1}"
                 )
             expected = hi + 1
         if expected != total:
             raise ConfigError(
-                f"timestep spans {spans} cover steps 0..{expected - 1} but the sampler has {total} steps; "
+                f"timestep spans {pairs} cover steps 0..{expected - 1} but the sampler has {total} steps; "
                 f"extend the last span to {total - 1}"
             )
-        return cls(total, tuple(lo for lo, _ in spans))
+        return cls(total, tuple(p[0] for p in pairs))
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -172,7 +172,7 @@ class BitConfig:
     """
 
     groups: TimestepGroups
-    rules: Mapping[str, RuleValue] = field(default_factory=dict)
+    rules: Mapping[str, Any] = field(default_factory=dict)  # normalized to RuleValue on construction
     weight_group_size: int | None = None
 
     def __post_init__(self) -> None:

@@ -113,14 +113,19 @@ def activation_scale(absmax: float, bits: int) -> float:
     return max(float(absmax), 1e-8) / qmax(bits)
 
 
-def fake_quantize_activation(x: Tensor, scale: float, bits: int) -> Tensor:
-    """Round x onto the symmetric grid and back (the reference for the integer kernels)."""
+def activation_codes(x: Tensor, scale: float, bits: int) -> Tensor:
+    """x rounded onto the symmetric `bits`-bit grid, as floats in x's dtype. Multiplies by 1/scale
+    (not divides by scale) so the simulation and the kernels round every value identically."""
     q = qmax(bits)
-    return (torch.round(x.float() / scale).clamp_(-q, q) * scale).to(x.dtype)
+    return (x * (1.0 / scale)).round_().clamp_(-q, q)
+
+
+def fake_quantize_activation(x: Tensor, scale: float, bits: int) -> Tensor:
+    """Round x onto the grid and back (the reference for the integer kernels)."""
+    return activation_codes(x, scale, bits).mul_(scale)
 
 
 def activation_codes_u8(x: Tensor, scale: float, bits: int) -> Tensor:
-    """x on the symmetric `bits`-bit grid as uint8 with zero point 128 (oneDNN's fast input type;
-    its signed-int8 input takes a reference path thousands of times slower on this CPU)."""
-    q = qmax(bits)
-    return (x * (1.0 / scale)).round_().clamp_(-q, q).add_(128).to(torch.uint8)
+    """The codes as uint8 with zero point 128 (oneDNN's fast input type; its signed-int8 input
+    takes a reference path thousands of times slower on this CPU)."""
+    return activation_codes(x, scale, bits).add_(128).to(torch.uint8)

@@ -29,6 +29,9 @@ from torch import Tensor, nn
 from quant.config import Bits
 from quant.layers import LayerKind
 
+Quantizable = nn.Linear | nn.Conv2d
+"""The module types a backend quantizes (the same set as `quant.layers.quantizable_modules`)."""
+
 RunLabel = Literal["int8-kernel", "weight-only-kernel", "dequantize-float", "simulated", "float"]
 REAL_LABELS: tuple[RunLabel, ...] = ("int8-kernel", "weight-only-kernel", "dequantize-float")
 
@@ -53,7 +56,7 @@ class Backend(ABC):
 
     @abstractmethod
     def kernels(
-        self, module: nn.Module, kind: LayerKind, bits: set[Bits], group_size: int | None = None
+        self, module: Quantizable, kind: LayerKind, bits: set[Bits], group_size: int | None = None
     ) -> dict[Bits, LayerKernel]:
         """One kernel per requested pair, sharing prepared weights between pairs."""
 
@@ -78,7 +81,7 @@ def get_backend(name: str | Backend) -> Backend:
     return _REGISTRY[name]()
 
 
-def float_forward(module: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
+def float_forward(module: Quantizable, x: Tensor, weight: Tensor) -> Tensor:
     """The module's own float op (padding, stride, groups...) with a substitute weight."""
     bias = module.bias.to(x.dtype) if module.bias is not None else None
     if isinstance(module, nn.Conv2d):
@@ -86,7 +89,7 @@ def float_forward(module: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
     return nn.functional.linear(x, weight.to(x.dtype), bias)
 
 
-def float_kernel(module: nn.Module) -> LayerKernel:
+def float_kernel(module: Quantizable) -> LayerKernel:
     """Run the layer unquantized (W16A16), in the input's dtype."""
     weight = module.weight
     return LayerKernel("float", lambda x, _scale: float_forward(module, x, weight), [weight])

@@ -6,9 +6,9 @@ call. Numerics match integer kernels up to float rounding; speed and memory say 
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from quant.backends.base import Backend, LayerKernel, float_forward, float_kernel, register
+from quant.backends.base import Backend, LayerKernel, Quantizable, float_forward, float_kernel, register
 from quant.config import HIGH_PRECISION, Bits
 from quant.layers import LayerKind
 from quant.quantizers import fake_quantize_activation, quantize_weight
@@ -22,7 +22,7 @@ class FakeBackend(Backend):
         return True
 
     def kernels(
-        self, module: nn.Module, kind: LayerKind, bits: set[Bits], group_size: int | None = None
+        self, module: Quantizable, kind: LayerKind, bits: set[Bits], group_size: int | None = None
     ) -> dict[Bits, LayerKernel]:
         weights: dict[int, Tensor] = {}  # one dequantized copy per weight bit-width
         for b in bits:
@@ -36,7 +36,7 @@ class FakeBackend(Backend):
                 for b in bits}
 
 
-def _simulated(module: nn.Module, weight: Tensor, a_bits: int) -> LayerKernel:
+def _simulated(module: Quantizable, weight: Tensor, a_bits: int) -> LayerKernel:
     def run(x: Tensor, scale: float | None) -> Tensor:
         if a_bits != HIGH_PRECISION:
             assert scale is not None, "activation scale missing: calibrate before quantizing activations"

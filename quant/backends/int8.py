@@ -14,14 +14,18 @@ Group-wise weight scales are not supported by these kernels (per-output-channel 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from quant.backends.base import Backend, LayerKernel, float_forward, float_kernel, register
+from quant.backends.base import Backend, LayerKernel, Quantizable, float_forward, float_kernel, register
 from quant.config import HIGH_PRECISION, Bits
 from quant.layers import LayerKind
 from quant.quantizers import QuantizedWeight, activation_codes_u8, quantize_weight
 
+_onednn: Any = torch.ops.onednn  # PyTorch's oneDNN int8 ops (the x86 PT2E quantization kernels)
+_aten: Any = torch.ops.aten
 _ZERO_POINT = 128
 _INT4_GROUP_SIZES = (256, 128, 64, 32)  # what _weight_int4pack_mm_for_cpu accepts
 
@@ -38,7 +42,7 @@ class Int8Backend(Backend):
         return kind in ("linear", "conv")
 
     def kernels(
-        self, module: nn.Module, kind: LayerKind, bits: set[Bits], group_size: int | None = None
+        self, module: Quantizable, kind: LayerKind, bits: set[Bits], group_size: int | None = None
     ) -> dict[Bits, LayerKernel]:
         bad = [b for b in bits if not self.supports(b, kind, group_size)]
         if bad:
@@ -58,41 +62,42 @@ class Int8Backend(Backend):
         return out
 
 
-def _prepack(module: nn.Module, qw: QuantizedWeight) -> Tensor:
+def _prepack(module: Quantizable, qw: QuantizedWeight) -> Tensor:
     if isinstance(module, nn.Conv2d):
         # The activation scale passed here only seeds oneDNN's packing; each call passes its own.
-        return torch.ops.onednn.qconv_prepack(
-            qw.codes, qw.per_channel_scales(), 1.0, _ZERO_POINT,
-            list(module.stride), list(module.padding), list(module.dilation), module.groups, None,
+        stride, padding, dilation = (list(v) for v in (module.stride, module.padding, module.dilation))
+        return _onednn.qconv_prepack(
+            qw.codes, qw.per_channel_scales(), 1.0, _ZERO_POINT, stride, padding, dilation, module.groups, None
         )
-    return torch.ops.onednn.qlinear_prepack(qw.codes, None)
+    return _onednn.qlinear_prepack(qw.codes, None)
 
 
-def _int8_kernel(module: nn.Module, qw: QuantizedWeight, packed: Tensor, a_bits: int) -> LayerKernel:
+def _int8_kernel(module: Quantizable, qw: QuantizedWeight, packed: Tensor, a_bits: int) -> LayerKernel:
     w_scales = qw.per_channel_scales().contiguous()
     w_zeros = torch.zeros_like(w_scales, dtype=torch.long)
     bias = module.bias.detach().float() if module.bias is not None else None
-    is_conv = isinstance(module, nn.Conv2d)
-    if is_conv and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
-        raise ValueError("int8 conv kernel needs numeric zero padding")
+    conv_args: tuple[Any, ...] | None = None
+    if isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros" or isinstance(module.padding, str):
+            raise ValueError("int8 conv kernel needs numeric zero padding")
+        conv_args = (list(module.stride), list(module.padding), list(module.dilation), module.groups)
 
     def run(x: Tensor, scale: float | None) -> Tensor:
         assert scale is not None, "activation scale missing: calibrate before quantizing activations"
         xq = activation_codes_u8(x, scale, a_bits)
-        if is_conv:
-            return torch.ops.onednn.qconv_pointwise(
-                xq, scale, _ZERO_POINT, packed, w_scales, w_zeros, bias,
-                list(module.stride), list(module.padding), list(module.dilation), module.groups,
+        if conv_args is not None:
+            return _onednn.qconv_pointwise(
+                xq, scale, _ZERO_POINT, packed, w_scales, w_zeros, bias, *conv_args,
                 1.0, 0, x.dtype, "none", [], None,
             )
-        return torch.ops.onednn.qlinear_pointwise(
+        return _onednn.qlinear_pointwise(
             xq, scale, _ZERO_POINT, packed, w_scales, w_zeros, bias, 1.0, 0, x.dtype, "none", [], ""
         )
 
     return LayerKernel("int8-kernel", run, [packed, w_scales])
 
 
-def _weight_only_kernel(module: nn.Module, kind: LayerKind, qw: QuantizedWeight) -> LayerKernel:
+def _weight_only_kernel(module: Quantizable, kind: LayerKind, qw: QuantizedWeight) -> LayerKernel:
     in_features = qw.codes[0].numel()
     if kind == "linear" and qw.bits == 8:
         return _int8pack_kernel(module, qw)
@@ -109,26 +114,26 @@ def _weight_only_kernel(module: nn.Module, kind: LayerKind, qw: QuantizedWeight)
     return LayerKernel("dequantize-float", run, [codes, scales])
 
 
-def _int8pack_kernel(module: nn.Module, qw: QuantizedWeight) -> LayerKernel:
+def _int8pack_kernel(module: Quantizable, qw: QuantizedWeight) -> LayerKernel:
     codes = qw.codes.contiguous()
     scales = qw.per_channel_scales().to(torch.bfloat16)
     bias = module.bias.detach() if module.bias is not None else None
 
     def run(x: Tensor, _scale: float | None) -> Tensor:
         x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        y = torch._weight_int8pack_mm(x2, codes, scales).reshape(*x.shape[:-1], -1).to(x.dtype)
+        y = _aten._weight_int8pack_mm(x2, codes, scales).reshape(*x.shape[:-1], -1).to(x.dtype)
         return y + bias.to(x.dtype) if bias is not None else y
 
     return LayerKernel("weight-only-kernel", run, [codes, scales])
 
 
-def _int4pack_kernel(module: nn.Module, qw: QuantizedWeight) -> LayerKernel:
+def _int4pack_kernel(module: Quantizable, qw: QuantizedWeight) -> LayerKernel:
     # The kernel computes (q - 8) * scale + zero per group of inputs with q in 0..15: symmetric
     # per-channel codes map onto it with q = code + 8, zero = 0, and the channel scale repeated.
     out_features, in_features = qw.codes.shape
     group = next(g for g in _INT4_GROUP_SIZES if in_features % g == 0)
     unsigned = (qw.codes.to(torch.int32) + 8).contiguous()
-    packed = torch._convert_weight_to_int4pack_for_cpu(unsigned, 1)
+    packed = _aten._convert_weight_to_int4pack_for_cpu(unsigned, 1)
     scale = qw.per_channel_scales().to(torch.bfloat16)
     scales_zeros = torch.zeros(in_features // group, out_features, 2, dtype=torch.bfloat16)
     scales_zeros[..., 0] = scale
@@ -136,7 +141,7 @@ def _int4pack_kernel(module: nn.Module, qw: QuantizedWeight) -> LayerKernel:
 
     def run(x: Tensor, _scale: float | None) -> Tensor:
         x2 = x.reshape(-1, in_features).to(torch.bfloat16)
-        y = torch._weight_int4pack_mm_for_cpu(x2, packed, group, scales_zeros)
+        y = _aten._weight_int4pack_mm_for_cpu(x2, packed, group, scales_zeros)
         y = y.reshape(*x.shape[:-1], out_features).to(x.dtype)
         return y + bias.to(x.dtype) if bias is not None else y
 
