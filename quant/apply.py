@@ -104,6 +104,7 @@ class QuantizedModel:
         self.backend = backend
         self.ctx = ctx
         self.layers = layers
+        self.restorable = True
 
     def __call__(self, *args: object, **kwargs: object) -> object:
         return self.model(*args, **kwargs)
@@ -135,8 +136,17 @@ class QuantizedModel:
     def held_weight_bytes(self) -> int:
         return sum(q.held_bytes() for q in self.layers.values())
 
+    def drop_originals(self) -> None:
+        """Release the float modules kept for `restore()`, so only the kernels' weights stay in
+        memory (deployment view). The model can no longer be restored afterwards."""
+        for q in self.layers.values():
+            q.original.clear()
+        self.restorable = False
+
     def restore(self) -> nn.Module:
         """Put the original modules back; the model is exactly as before `apply`."""
+        if not self.restorable:
+            raise RuntimeError("drop_originals() released the float modules: this model cannot be restored")
         for name, q in self.layers.items():
             _set_submodule(self.model, name, q.original[0])
         self.layers = {}
