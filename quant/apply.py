@@ -133,6 +133,11 @@ class QuantizedModel:
         """True if any layer's numerics are simulated: then latency/memory are estimates, not measured."""
         return "simulated" in self.label_counts()
 
+    @property
+    def measurement_note(self) -> str:
+        """How a run of this model may be reported: real kernels are measured; simulated ones are not."""
+        return "numerics simulated, latency estimated" if self.simulated else "measured on real kernels"
+
     def held_weight_bytes(self) -> int:
         return sum(q.held_bytes() for q in self.layers.values())
 

@@ -8,6 +8,7 @@ as int8 for the kernels, and packed b bits per value for storage.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,19 +114,27 @@ def activation_scale(absmax: float, bits: int) -> float:
     return max(float(absmax), 1e-8) / qmax(bits)
 
 
-def activation_codes(x: Tensor, scale: float, bits: int) -> Tensor:
-    """x rounded onto the symmetric `bits`-bit grid, as floats in x's dtype. Multiplies by 1/scale
-    (not divides by scale) so the simulation and the kernels round every value identically."""
-    q = qmax(bits)
-    return (x * (1.0 / scale)).round_().clamp_(-q, q)
+ACT_ZERO_POINT = 128
 
-
-def fake_quantize_activation(x: Tensor, scale: float, bits: int) -> Tensor:
-    """Round x onto the grid and back (the reference for the integer kernels)."""
-    return activation_codes(x, scale, bits).mul_(scale)
+# quantize_per_tensor (deprecated in torch 2.13, which pyproject pins) is the one-pass rounding op
+# that oneDNN's integer kernels pair with; replace it when the pin moves.
+warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.*deprecated", category=UserWarning)
 
 
 def activation_codes_u8(x: Tensor, scale: float, bits: int) -> Tensor:
-    """The codes as uint8 with zero point 128 (oneDNN's fast input type; its signed-int8 input
-    takes a reference path thousands of times slower on this CPU)."""
-    return activation_codes(x, scale, bits).add_(128).to(torch.uint8)
+    """x rounded onto the symmetric `bits`-bit grid, as uint8 codes with zero point 128.
+
+    uint8 is oneDNN's fast input type (its signed-int8 input takes a reference path thousands of
+    times slower on this CPU). `quantize_per_tensor` rounds in one pass; its uint8 storage is then
+    viewed, not copied (`int_repr()` would copy), and clamped onto the symmetric grid.
+    """
+    q = qmax(bits)
+    qt = torch.quantize_per_tensor(x.float(), scale, ACT_ZERO_POINT, torch.quint8)
+    codes = torch.empty(0, dtype=torch.uint8).set_(qt.untyped_storage(), 0, qt.shape, qt.stride())
+    return codes.clamp_(ACT_ZERO_POINT - q, ACT_ZERO_POINT + q)
+
+
+def fake_quantize_activation(x: Tensor, scale: float, bits: int) -> Tensor:
+    """Round x onto the grid and back: the reference for the integer kernels, sharing their rounding."""
+    codes = activation_codes_u8(x, scale, bits)
+    return ((codes.float() - ACT_ZERO_POINT) * scale).to(x.dtype)

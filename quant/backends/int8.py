@@ -22,11 +22,10 @@ from torch import Tensor, nn
 from quant.backends.base import Backend, LayerKernel, Quantizable, float_forward, float_kernel, register
 from quant.config import HIGH_PRECISION, Bits
 from quant.layers import LayerKind
-from quant.quantizers import QuantizedWeight, activation_codes_u8, quantize_weight
+from quant.quantizers import ACT_ZERO_POINT, QuantizedWeight, activation_codes_u8, quantize_weight
 
 _onednn: Any = torch.ops.onednn  # PyTorch's oneDNN int8 ops (the x86 PT2E quantization kernels)
 _aten: Any = torch.ops.aten
-_ZERO_POINT = 128
 _INT4_GROUP_SIZES = (256, 128, 64, 32)  # what _weight_int4pack_mm_for_cpu accepts
 
 
@@ -67,7 +66,7 @@ def _prepack(module: Quantizable, qw: QuantizedWeight) -> Tensor:
         # The activation scale passed here only seeds oneDNN's packing; each call passes its own.
         stride, padding, dilation = (list(v) for v in (module.stride, module.padding, module.dilation))
         return _onednn.qconv_prepack(
-            qw.codes, qw.per_channel_scales(), 1.0, _ZERO_POINT, stride, padding, dilation, module.groups, None
+            qw.codes, qw.per_channel_scales(), 1.0, ACT_ZERO_POINT, stride, padding, dilation, module.groups, None
         )
     return _onednn.qlinear_prepack(qw.codes, None)
 
@@ -87,11 +86,11 @@ def _int8_kernel(module: Quantizable, qw: QuantizedWeight, packed: Tensor, a_bit
         xq = activation_codes_u8(x, scale, a_bits)
         if conv_args is not None:
             return _onednn.qconv_pointwise(
-                xq, scale, _ZERO_POINT, packed, w_scales, w_zeros, bias, *conv_args,
+                xq, scale, ACT_ZERO_POINT, packed, w_scales, w_zeros, bias, *conv_args,
                 1.0, 0, x.dtype, "none", [], None,
             )
         return _onednn.qlinear_pointwise(
-            xq, scale, _ZERO_POINT, packed, w_scales, w_zeros, bias, 1.0, 0, x.dtype, "none", [], ""
+            xq, scale, ACT_ZERO_POINT, packed, w_scales, w_zeros, bias, 1.0, 0, x.dtype, "none", [], ""
         )
 
     return LayerKernel("int8-kernel", run, [packed, w_scales])

@@ -116,10 +116,10 @@ def test_mixed_config_only_quantizes_what_it_names(tiny, tiny_input) -> None:
     assert set(qm.layers) == {"proj", "ff"}
     assert qm.planned_labels() == {"proj": ("int8-kernel", "weight-only-kernel"),
                                    "ff": ("weight-only-kernel", "weight-only-kernel")}
-    assert not qm.simulated
+    assert not qm.simulated and qm.measurement_note == "measured on real kernels"
     qm.restore()
     qm = apply(tiny, cfg, "fake", _calibrate(tiny, tiny_input))
-    assert qm.simulated
+    assert qm.simulated and qm.measurement_note == "numerics simulated, latency estimated"
     qm.restore()
 
 
