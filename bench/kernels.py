@@ -180,7 +180,12 @@ def prepare_variant(variant: str, spec: tuple[str, dict[str, Any], int]) -> tupl
 def int8_model(model: nn.Module, inputs: dict[str, Any]) -> QuantizedModel:
     """Every Linear and Conv2d at W8A8 on the int8 kernels, activation ranges from one forward."""
     groups = TimestepGroups(1)
-    ranges = calibrate_activations(model, groups, lambda set_step: (set_step(0), model(**inputs)) and None)
+
+    def one_forward(set_step: Callable[[int], None]) -> None:
+        set_step(0)
+        model(**inputs)
+
+    ranges = calibrate_activations(model, groups, one_forward)
     return apply(model, BitConfig.uniform(groups, "W8A8"), "int8", ranges)
 
 
