@@ -54,6 +54,10 @@ class StepContext:
         return self.groups.group_of(self.step)
 
 
+_SHAPE_ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "kernel_size", "stride",
+                "padding", "dilation", "groups")
+
+
 class QuantLayer(nn.Module):
     """Runs `kernels[plan[group]]` for the current timestep group and records how it ran."""
 
@@ -72,6 +76,10 @@ class QuantLayer(nn.Module):
         self.act_scales = act_scales
         self.ctx = ctx
         self.ran: dict[int, RunLabel] = {}
+        # Pipelines read shape attributes of layers (SDXL: add_embedding.linear_1.in_features).
+        for attr in _SHAPE_ATTRS:
+            if hasattr(original, attr):
+                setattr(self, attr, getattr(original, attr))
 
     def forward(self, x: Tensor) -> Tensor:
         g = self.ctx.group

@@ -1,0 +1,152 @@
+"""The Workload contract: what a quantized model is measured on.
+
+A Workload owns a denoiser (the module that gets quantized, in place, by `quant.apply`), its
+sampler, fixed prompts and seeds, and metrics. `generate(batch, on_step)` runs one generation batch
+and calls `on_step(i)` before the i-th denoiser call, so a `QuantizedModel.set_step` can switch
+per-timestep bits; with `record_steps=True` it also returns each step's denoiser output.
+
+Metrics come in two families, reported separately because the decoupled sensitivity estimator
+needs both (MixDQ):
+- `quality`: fidelity to the full-precision model on the same seeds and initial noise (SQNR of
+  denoiser outputs, PSNR/SSIM of images) and distribution quality;
+- `alignment`: how well the images follow their prompts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+OnStep = Callable[[int], None]
+
+# Seeds of split s start at base_seed + SPLIT_SEED_BASES[s]: calibration and eval never share a seed
+# as long as a split uses fewer than SPLIT_SEED_STRIDE seeds.
+SPLIT_SEED_STRIDE = 1_000_000
+SPLIT_SEED_BASES = {"eval": 0, "calibration": SPLIT_SEED_STRIDE}
+
+
+class WorkloadError(ValueError):
+    """A workload cannot be built or run as asked; the one-line message says what was expected."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Prompts and one seed per image: the same batch always gives the same initial noise."""
+
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.prompts) != len(self.seeds):
+            raise ValueError(f"{len(self.prompts)} prompts but {len(self.seeds)} seeds: give one seed per prompt")
+        if not self.prompts:
+            raise ValueError("a batch needs at least one prompt")
+
+
+@dataclass
+class Generation:
+    """Images in [0, 1], shape (B, C, H, W); per-step denoiser outputs when recorded."""
+
+    images: Tensor
+    step_outputs: list[Tensor] = field(default_factory=list)
+
+
+class Workload(ABC):
+    """A denoiser + sampler + prompts/seeds + metrics. Registered by name (`builtin`, `diffusers`)."""
+
+    name: ClassVar[str]
+    denoiser: nn.Module
+    num_steps: int
+
+    @abstractmethod
+    def batch(self, n: int, split: str = "eval", offset: int = 0) -> Batch:
+        """`n` fixed prompts and seeds. Splits `calibration` and `eval` never share a seed, so
+        estimators can be validated on prompts/seeds they were not computed on."""
+
+    @abstractmethod
+    def generate(self, batch: Batch, on_step: OnStep | None = None, record_steps: bool = False) -> Generation:
+        """Run the sampler on the (possibly quantized) denoiser; `on_step(i)` before the i-th call."""
+
+    def quality(self, reference: Generation, test: Generation) -> dict[str, float]:
+        """Fidelity of `test` to the full-precision `reference` generated from the same batch."""
+        from workloads.metrics import fidelity
+
+        return fidelity(reference, test)
+
+    def alignment(self, batch: Batch, test: Generation) -> dict[str, float]:
+        """How well the images follow their prompts; empty when the workload has no alignment model."""
+        return {}
+
+    def calibration_run(self, batch: Batch) -> Callable[[OnStep], None]:
+        """A `run(set_step)` for `quant.calibrate.calibrate_activations` over this batch."""
+
+        def run(set_step: OnStep) -> None:
+            self.generate(batch, on_step=set_step)
+
+        return run
+
+
+_REGISTRY: dict[str, Callable[..., Workload]] = {}
+
+
+def register(cls: type[Workload]) -> type[Workload]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def workload_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def load_workload(name_or_path: str, **options: Any) -> Workload:
+    """`builtin` (the shipped model) or the path of a local diffusers pipeline directory."""
+    import workloads.diffusers_workload  # noqa: F401  (registration)
+
+    with contextlib.suppress(ImportError):  # the built-in model's package is optional at import time
+        import workloads.builtin.workload  # noqa: F401
+    args: tuple[str, ...]
+    if name_or_path in _REGISTRY:
+        factory, args = _REGISTRY[name_or_path], ()
+    elif Path(name_or_path).exists():
+        factory, args = _REGISTRY["diffusers"], (name_or_path,)
+    else:
+        raise WorkloadError(
+            f"{name_or_path}: neither a workload name ({', '.join(workload_names())}) nor an existing path; "
+            "expected a name or a local diffusers pipeline directory (with model_index.json)"
+        )
+    _check_options(factory, args, options)
+    return factory(*args, **options)
+
+
+def _check_options(factory: Callable[..., Workload], args: tuple[str, ...], options: dict[str, Any]) -> None:
+    """Reject unknown keyword options with the list of valid ones (not Python's bare TypeError)."""
+    params = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n in list(params)[len(args):] if params[n].kind is not inspect.Parameter.VAR_POSITIONAL]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        name = getattr(factory, "name", "workload")
+        raise WorkloadError(f"workload {name!r} has no option {', '.join(unknown)}; valid options: {', '.join(valid)}")
+
+
+def prompts_seeds(prompts: Sequence[str], n: int, base_seed: int, offset: int = 0) -> Batch:
+    """Cycle through `prompts`; seed i is base_seed + offset + i."""
+    chosen = tuple(prompts[(offset + i) % len(prompts)] for i in range(n))
+    return Batch(chosen, tuple(base_seed + offset + i for i in range(n)))
+
+
+def split_batch(prompts: Sequence[str], n: int, split: str, base_seed: int, offset: int = 0) -> Batch:
+    """`prompts_seeds` with the seed range of `split` (see SPLIT_SEED_BASES): disjoint across splits."""
+    if split not in SPLIT_SEED_BASES:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_SEED_BASES)}")
+    if n < 1 or offset < 0 or offset + n > SPLIT_SEED_STRIDE:
+        raise ValueError(f"need n >= 1, offset >= 0 and offset + n <= {SPLIT_SEED_STRIDE}, got n={n}, offset={offset}")
+    return prompts_seeds(prompts, n, base_seed + SPLIT_SEED_BASES[split], offset)

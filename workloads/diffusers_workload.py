@@ -1,0 +1,294 @@
+"""The `diffusers` workload: any local diffusers pipeline directory, its denoiser quantized in place.
+
+`DiffusersWorkload(path)` loads a pipeline a user already has on disk (Stable Diffusion 1.x/2.x,
+SDXL, PixArt-alpha/Sigma, or any other text-to-image `DiffusionPipeline` whose denoiser is a `unet`
+or a `transformer` component) with `local_files_only=True` and safetensors weights only. The
+denoiser is `self.denoiser`; `quant.apply` swaps its layers in place, so the pipeline runs them
+without knowing.
+
+Per-timestep bits need the step index before every denoiser call. Pipelines do not expose that
+uniformly (callbacks run *after* a step, some pipelines have none), so a forward pre-hook on the
+denoiser counts its calls and calls `on_step(i)`: a step is one denoiser call. Classifier-free
+guidance pipelines batch the conditional and unconditional halves into one call, so calls == steps;
+a scheduler that calls the model several times per step (Heun, DPM2, PNDM's extra warm-up call) is
+refused with an error naming the fix, because timestep groups would otherwise be off by one.
+
+Every image gets its own `torch.Generator`, so its initial noise (and any sampler noise) depends
+only on its seed, never on which other prompts share the batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from quant.layers import quantizable_modules
+from quant.models import DENOISER_SUBFOLDERS, ModelLoadError, load_denoiser
+from workloads.base import Batch, Generation, OnStep, Workload, WorkloadError, register, split_batch
+
+# Generic prompts for when the user gives none: varied subjects, styles and compositions, so
+# calibration sees a spread of activations rather than one kind of image.
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "a photograph of an astronaut riding a horse",
+    "a red apple on a wooden table, studio lighting",
+    "a watercolor painting of a lighthouse at sunset",
+    "a close-up portrait of an old man with a beard",
+    "a busy city street at night in the rain, neon signs",
+    "a bowl of ramen, top-down view",
+    "a snowy mountain landscape with a frozen lake",
+    "a cute corgi puppy sitting on green grass",
+    "an isometric illustration of a small cozy house",
+    "a vintage car parked in front of a diner",
+    "a field of sunflowers under a blue sky",
+    "a robot reading a book in a library, digital art",
+)
+
+_EXPECTED = "expected a local diffusers pipeline directory (with model_index.json)"
+
+
+@register
+class DiffusersWorkload(Workload):
+    """A local diffusers text-to-image pipeline; the denoiser (`unet` or `transformer`) gets quantized.
+
+    - `prompts`: a list of prompts, the path of a text file with one prompt per line, or None for
+      `DEFAULT_PROMPTS`; batches cycle through them.
+    - `num_steps`: sampler steps, i.e. denoiser calls per image (timestep groups partition these).
+    - `guidance_scale`, `resolution` (square, in pixels): None keeps the pipeline's own defaults.
+    - `base_seed`: image i of the eval split gets seed base_seed + i (see `workloads.base.split_batch`).
+    - `torch_dtype`: e.g. "float32" (default) or "bfloat16"; `device`: where the pipeline runs.
+    - `scheduler`: name of a diffusers scheduler class to use instead of the saved one, built from
+      the saved scheduler's config (e.g. "DDIMScheduler" for a pipeline saved with PNDM).
+    """
+
+    name = "diffusers"
+
+    def __init__(
+        self,
+        path: str | Path,
+        prompts: Sequence[str] | str | Path | None = None,
+        num_steps: int = 20,
+        guidance_scale: float | None = None,
+        resolution: int | None = None,
+        base_seed: int = 0,
+        torch_dtype: str | torch.dtype | None = None,
+        scheduler: str | None = None,
+        device: str = "cpu",
+    ) -> None:
+        if num_steps < 1:
+            raise WorkloadError(f"num_steps must be >= 1, got {num_steps}")
+        self.path = Path(path)
+        self.prompts = _read_prompts(prompts)
+        self.num_steps = num_steps
+        self.guidance_scale = guidance_scale
+        self.resolution = resolution
+        self.base_seed = base_seed
+        self.device = device
+        # Any: a pipeline's components (unet, scheduler, ...) are attributes set at run time.
+        self.pipe: Any = _load_pipeline(self.path, _dtype(torch_dtype), device)
+        if scheduler is not None:
+            self.pipe.scheduler = _scheduler(self.pipe, scheduler)
+        self.denoiser = _denoiser(self.pipe, self.path)
+        if "prompt" not in inspect.signature(self.pipe.__call__).parameters:
+            raise WorkloadError(
+                f"{self.path}: {type(self.pipe).__name__} takes no prompt; expected a text-to-image pipeline"
+            )
+        self._check_calls_per_step()
+
+    # ---- Workload -----------------------------------------------------------------------------
+    def batch(self, n: int, split: str = "eval", offset: int = 0) -> Batch:
+        return split_batch(self.prompts, n, split, self.base_seed, offset)
+
+    def generate(self, batch: Batch, on_step: OnStep | None = None, record_steps: bool = False) -> Generation:
+        calls = 0
+        outputs: list[Tensor] = []
+
+        def before_call(_module: nn.Module, _args: Any) -> None:
+            nonlocal calls
+            if calls >= self.num_steps:
+                raise WorkloadError(
+                    f"{type(self.pipe).__name__} called its denoiser more than num_steps={self.num_steps} "
+                    "times in one generation (a multi-call scheduler, or separate conditional and "
+                    "unconditional calls); bitsearch needs one denoiser call per step, e.g. scheduler='DDIMScheduler'"
+                )
+            if on_step is not None:
+                on_step(calls)
+            calls += 1
+
+        def after_call(_module: nn.Module, _args: Any, output: Any) -> None:
+            outputs.append(_output_tensor(output).detach().float().cpu().clone())
+
+        handles = [self.denoiser.register_forward_pre_hook(before_call)]
+        if record_steps:
+            handles.append(self.denoiser.register_forward_hook(after_call))
+        try:
+            with torch.no_grad():
+                result = self.pipe(**self._call_kwargs(batch))
+        finally:
+            for h in handles:
+                h.remove()
+        if calls != self.num_steps:
+            raise WorkloadError(
+                f"{type(self.pipe).__name__} called its denoiser {calls} times for num_steps={self.num_steps}; "
+                "bitsearch needs exactly one denoiser call per step"
+            )
+        images = result.images if hasattr(result, "images") else result[0]
+        return Generation(torch.as_tensor(images).float().cpu(), outputs)
+
+    # ---- internals ----------------------------------------------------------------------------
+    def _call_kwargs(self, batch: Batch) -> dict[str, Any]:
+        params = inspect.signature(self.pipe.__call__).parameters
+        kwargs: dict[str, Any] = {
+            "prompt": list(batch.prompts),
+            "num_inference_steps": self.num_steps,
+            # One generator per image: an image's noise depends only on its own seed.
+            "generator": [torch.Generator("cpu").manual_seed(s) for s in batch.seeds],
+            "output_type": "pt",
+        }
+        if self.guidance_scale is not None:
+            kwargs["guidance_scale"] = self.guidance_scale
+        if self.resolution is not None:
+            kwargs["height"] = kwargs["width"] = self.resolution
+        # PixArt-style options: binning resizes to a trained aspect-ratio bucket (and rejects sample
+        # sizes it has no table for); caption cleaning depends on whether bs4/ftfy happen to be
+        # installed, so results would differ between machines.
+        if "use_resolution_binning" in params:
+            kwargs["use_resolution_binning"] = False
+        if "clean_caption" in params:
+            kwargs["clean_caption"] = False
+        return kwargs
+
+    def _check_calls_per_step(self) -> None:
+        """Fail at load time, not mid-search, when the scheduler calls the model more than once a step."""
+        probe = copy.deepcopy(self.pipe.scheduler)
+        try:
+            probe.set_timesteps(self.num_steps)
+        except Exception:  # an exotic set_timesteps signature: generate()'s call count still checks
+            return
+        timesteps = getattr(probe, "timesteps", None)
+        if timesteps is not None and len(timesteps) != self.num_steps:
+            raise WorkloadError(
+                f"{self.path}: scheduler {type(probe).__name__} runs {len(timesteps)} denoiser calls for "
+                f"{self.num_steps} steps; bitsearch needs one call per step: pass scheduler= one of "
+                f"{_single_call_schedulers(self.pipe)}"
+            )
+
+
+def _read_prompts(prompts: Sequence[str] | str | Path | None) -> tuple[str, ...]:
+    if prompts is None:
+        return DEFAULT_PROMPTS
+    if isinstance(prompts, str | Path):
+        file = Path(prompts)
+        if not file.is_file():
+            raise WorkloadError(f"{file}: prompt file not found; expected a text file with one prompt per line")
+        lines = tuple(line.strip() for line in file.read_text().splitlines())
+        out = tuple(line for line in lines if line)
+        where = str(file)
+    else:
+        out = tuple(prompts)
+        where = "prompts"
+        if not all(isinstance(p, str) for p in out):
+            raise WorkloadError("prompts must be strings; expected a list of prompts or a prompt file path")
+    if not out:
+        raise WorkloadError(f"{where}: no prompts; expected at least one non-empty prompt")
+    return out
+
+
+def _dtype(torch_dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if torch_dtype is None or isinstance(torch_dtype, torch.dtype):
+        return torch_dtype
+    dtype = getattr(torch, torch_dtype, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise WorkloadError(f"torch_dtype {torch_dtype!r} is not a torch floating dtype; expected e.g. 'float32' or 'bfloat16'")
+    return dtype
+
+
+def _load_pipeline(path: Path, dtype: torch.dtype | None, device: str) -> Any:
+    if not path.is_dir():
+        raise WorkloadError(f"{path}: not a directory; {_EXPECTED}")
+    if not (path / "model_index.json").is_file():
+        raise WorkloadError(f"{path}: no model_index.json; {_EXPECTED}")
+    # quant.models' checks on the meta device (nothing allocated): the pipeline has a unet/ or
+    # transformer/ component, it builds from its config, and it has layers to quantize. This fails
+    # in a second with a precise message instead of after loading gigabytes of text encoders.
+    try:
+        load_denoiser(str(path), device="meta")
+    except ModelLoadError as err:
+        raise WorkloadError(str(err)) from err
+
+    from diffusers import DiffusionPipeline
+
+    index = _model_index(path)
+    # A safety checker replaces "unsafe" images by black ones: a candidate's score would then
+    # depend on the checker, not on its quantization.
+    extra: dict[str, Any] = {"safety_checker": None} if "safety_checker" in index else {}
+    try:
+        pipe = DiffusionPipeline.from_pretrained(
+            path, local_files_only=True, use_safetensors=True, torch_dtype=dtype, **extra
+        )
+        pipe = pipe.to(device)
+    except Exception as err:  # diffusers/transformers raise many types; report one line
+        raise WorkloadError(f"{path}: could not load the pipeline: {_one_line(err)}") from err
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _model_index(path: Path) -> dict[str, Any]:
+    import json
+
+    data = json.loads((path / "model_index.json").read_text())  # load_denoiser already validated it
+    return data if isinstance(data, dict) else {}
+
+
+def _denoiser(pipe: Any, path: Path) -> nn.Module:
+    for name in DENOISER_SUBFOLDERS:
+        module = getattr(pipe, name, None)
+        if isinstance(module, nn.Module):
+            if not quantizable_modules(module):
+                raise WorkloadError(f"{path}: {name} {type(module).__name__} has no nn.Linear or nn.Conv2d layer to quantize")
+            return module
+    raise WorkloadError(
+        f"{path}: {type(pipe).__name__} has no denoiser; expected a '{DENOISER_SUBFOLDERS[0]}' or "
+        f"'{DENOISER_SUBFOLDERS[1]}' component"
+    )
+
+
+def _scheduler(pipe: Any, name: str) -> Any:
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise WorkloadError(f"scheduler {name!r} is not a diffusers scheduler class; expected one of {_single_call_schedulers(pipe)}")
+    return cls.from_config(pipe.scheduler.config)
+
+
+def _single_call_schedulers(pipe: Any) -> list[str]:
+    """Schedulers compatible with the pipeline's that call the model once per step (order 1)."""
+    names = [c.__name__ for c in getattr(pipe.scheduler, "compatibles", [])]
+    preferred = ["DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"]
+    return [n for n in preferred if n in names] or preferred
+
+
+def _output_tensor(output: Any) -> Tensor:
+    """The noise prediction in a denoiser's output: a tensor, a tuple (return_dict=False) or a
+    BaseOutput with `.sample`."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, tuple | list):
+        return _output_tensor(output[0])
+    sample = getattr(output, "sample", None)
+    if isinstance(sample, Tensor):
+        return sample
+    raise WorkloadError(f"cannot find the output tensor of the denoiser in a {type(output).__name__}")
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    """First line of an exception, capped: diffusers can put whole file listings in one line."""
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
