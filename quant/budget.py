@@ -55,7 +55,7 @@ class Limit:
         return cls(metric, value * _UNITS[unit])
 
     def absolute(self, reference: Costs) -> float:
-        return self.value * _cost_of(reference, self.metric) if self.relative else self.value
+        return self.value * cost_of(reference, self.metric) if self.relative else self.value
 
     def __str__(self) -> str:
         return f"{self.metric}={self.value:g}{'x' if self.relative else ''}"
@@ -83,7 +83,7 @@ class Budget:
         """Human-readable list of the limits `costs` exceeds (empty when within budget)."""
         out = []
         for lim in self.limits:
-            value, cap = _cost_of(costs, lim.metric), lim.absolute(reference)
+            value, cap = cost_of(costs, lim.metric), lim.absolute(reference)
             if value > cap * (1 + 1e-9):
                 out.append(f"{lim.metric} {value:.6g} > {cap:.6g} ({lim})")
         return out
@@ -92,7 +92,8 @@ class Budget:
         return ",".join(str(lim) for lim in self.limits)
 
 
-def _cost_of(costs: Costs, metric: str) -> float:
+def cost_of(costs: Costs, metric: str) -> float:
+    """The value of one budget metric in `costs` (raises if it needs a latency table that was not given)."""
     value = {
         "wbits": costs.avg_weight_bits,
         "size": costs.weight_bytes,

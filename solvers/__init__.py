@@ -1,1 +1,12 @@
-"""Solvers: choose per-layer, per-timestep bit-widths under budgets."""
+"""Solvers: choose per-layer, per-timestep bit-widths under budgets.
+
+`get_solver("ilp" | "greedy" | "optuna", **kwargs).solve(problem)`; see `solvers.base` for the
+contract and `solvers.problem.Problem` for what a problem holds. Importing this package registers
+the built-in solvers; it does not import pulp or optuna (they load when a solver runs).
+"""
+
+from solvers import greedy, ilp, optuna_search  # noqa: F401  (registration side effect)
+from solvers.base import Solver, get_solver, solver_names
+from solvers.problem import InfeasibleBudget, Problem
+
+__all__ = ["InfeasibleBudget", "Problem", "Solver", "get_solver", "solver_names"]

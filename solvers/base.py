@@ -1,0 +1,66 @@
+"""The Solver contract and the registry of solvers by name.
+
+A Solver turns a `solvers.problem.Problem` into bit configurations:
+
+- `solve(problem) -> list[BitConfig]`: one config (single-budget solvers) or several (a predicted
+  or measured Pareto front, best objective first is NOT implied). Never empty: a problem no config
+  can satisfy raises `solvers.problem.InfeasibleBudget` naming the binding limit and its smallest
+  feasible value.
+- Every returned config has one rule per layer of the problem, uses only each layer's candidate
+  bits, respects pins, ties and switch limits, and satisfies the budget as `quant.cost.costs`
+  computes it: implementations call `problem.check(config)` before returning it.
+- Solvers are configured by keyword arguments at construction; `get_solver` rejects unknown names
+  and unknown arguments with the list of valid ones. One algorithm per file; registering happens on
+  import of `solvers` (see `solvers/__init__.py`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from quant.config import BitConfig
+    from solvers.problem import Problem
+
+
+class Solver(ABC):
+    name: str = ""
+
+    @abstractmethod
+    def solve(self, problem: Problem) -> list[BitConfig]:
+        """Configs for `problem`, each within its budget (see the module docstring)."""
+
+
+_REGISTRY: dict[str, type[Solver]] = {}
+S = TypeVar("S", bound=type[Solver])
+
+
+def register(name: str) -> Callable[[S], S]:
+    def deco(cls: S) -> S:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def solver_names() -> list[str]:
+    import solvers  # noqa: F401  (registers the built-in solvers)
+
+    return sorted(_REGISTRY)
+
+
+def get_solver(name: str, **kwargs: Any) -> Solver:
+    """The solver registered as `name`, constructed with `kwargs` (both checked)."""
+    names = solver_names()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown solver {name!r}; valid solvers: {', '.join(names)}")
+    cls = _REGISTRY[name]
+    params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise TypeError(f"solver {name!r} takes no argument(s) {unknown}; valid: {', '.join(params) or 'none'}")
+    return cls(**kwargs)

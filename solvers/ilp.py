@@ -1,0 +1,392 @@
+"""`ilp`: the exact solver. A PuLP integer program, solved with HiGHS (highspy) or CBC.
+
+Model, for units u (tied layers share one), timestep groups g and candidate pairs p:
+    x[u,g,p] in {0,1},  sum_p x[u,g,p] = 1                       one choice per (unit, group)
+    min  sum objective[u,g,p] x[u,g,p]                            weighted predicted degradation
+    wbits, bops, latency:  sum coef[u,g,p] x[u,g,p] <= cap         step-weighted, as quant.cost
+    size:   y[u,w] >= sum_{p: p.w = w} x[u,g,p]  for every g;  sum bytes[u,w] y[u,w] <= cap
+            (y is a "copy of weight precision w is kept" flag; continuous in [0,1] suffices: with x
+            integral the cheapest feasible y is 0/1)
+    memory: as size, or with derive_lower only the highest precision is kept:
+            t[u,k] >= sum_{p: p.w >= w_k} x[u,g,p] for every g, bytes = sum_k t[u,k] (B(w_k) - B(w_k-1)),
+            a telescoping sum equal to B(max w) (increments clamped at 0: conservative if a layer's
+            packed bytes ever shrink with more bits, which per-channel scales make impossible in practice)
+    switches: c[u,g] >= W[u,g](w) - W[u,g-1](w) for every w (W = "group g uses weight bits w"),
+            sum_g c[u,g] <= max_weight_switches
+    max_degradation[m]:  sum degradation_m[u,g,p] x[u,g,p] <= cap_m
+Budget rows are divided by the W16A16 reference so every row is O(1) and a sweep only changes a
+right-hand side. Every returned config is re-checked with quant.cost.costs (Problem.check).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+import warnings
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from quant.budget import Budget, Limit, cost_of
+from quant.config import BitConfig
+from quant.cost import Costs
+from solvers.base import Solver, register
+from solvers.problem import InfeasibleBudget, Plan, Problem
+
+BACKENDS = ("auto", "highs", "cbc")
+DEFAULT_GAP = 1e-6  # relative MIP gap: "optimal" up to one part in a million
+_DEG = "max_degradation."  # constraint-name prefix of predicted-degradation caps
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    value: float  # the swept limit, in the budget's units (relative if it was given relative)
+    config: BitConfig
+    objective: float  # predicted (weighted) degradation
+    costs: Costs
+    seconds: float
+
+
+def resolve_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown ILP backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    try:
+        import highspy  # noqa: F401
+    except ImportError:
+        return "cbc"
+    # bench/solvers.py: HiGHS is faster than CBC on every SDXL-size problem we measured
+    return "highs"
+
+
+class _Model:
+    """The PuLP model of a problem. `objective=None` minimises predicted degradation; a metric name
+    minimises that cost instead (used to find the smallest feasible value of a limit). Limits named
+    in `skip` are left out."""
+
+    def __init__(self, problem: Problem, objective: str | None = None, skip: Collection[str] = ()) -> None:
+        import pulp
+
+        self.problem = p = problem
+        self.prob = pulp.LpProblem("bits", pulp.LpMinimize)
+        self.last_args: tuple[str, float, int | None, float | None, bool] = ("auto", DEFAULT_GAP, None, None, False)
+        G = len(p.groups)
+        self.x: list[list[list[Any]]] = [
+            [[pulp.LpVariable(f"x_{u}_{g}_{i}", cat="Binary") for i in range(len(unit.candidates[g]))]
+             for g in range(G)]
+            for u, unit in enumerate(p.units)
+        ]
+        for u, xs in enumerate(self.x):
+            for g, row in enumerate(xs):
+                self.prob += pulp.LpAffineExpression([(v, 1.0) for v in row]) == 1, f"one_{u}_{g}"
+
+        wanted = {m for m in p.caps if m not in skip}
+        wanted |= {f"{_DEG}{m}" for m in p.max_degradation if f"{_DEG}{m}" not in skip}
+        if objective is not None:
+            wanted.add(objective)
+        self.scale: dict[str, float] = {}
+        exprs = {name: self._expr(name) for name in sorted(wanted)}
+        for name, expr in exprs.items():
+            if name == objective:
+                continue
+            self.prob += expr <= self._cap(name), f"limit_{name}"
+        if p.max_weight_switches is not None and G > 1:
+            self._switch_limits(p.max_weight_switches)
+        if objective is None:
+            self.prob += pulp.LpAffineExpression(
+                [(v, c) for u, unit in enumerate(p.units) for g in range(G)
+                 for v, c in zip(self.x[u][g], unit.objective[g], strict=True) if c]
+            )
+        else:
+            self.prob += exprs[objective]
+
+    def _cap(self, name: str, value: float | None = None) -> float:
+        p = self.problem
+        cap = value if value is not None else (
+            p.max_degradation[name[len(_DEG):]] if name.startswith(_DEG) else p.caps[name])
+        return cap / self.scale[name]
+
+    def set_cap(self, name: str, absolute: float) -> None:
+        self.prob.constraints[f"limit_{name}"].changeRHS(self._cap(name, absolute))
+
+    def _expr(self, name: str) -> Any:
+        import pulp
+
+        p, G = self.problem, len(self.problem.groups)
+        terms: list[tuple[Any, float]] = []
+        if name.startswith(_DEG):
+            metric = name[len(_DEG):]
+            self.scale[name] = p.max_degradation[metric] or 1.0
+            for u, unit in enumerate(p.units):
+                for g in range(G):
+                    terms += zip(self.x[u][g], unit.degradation[metric][g], strict=True)
+        elif name in ("wbits", "bops", "latency"):
+            ref = {"wbits": p.reference.avg_weight_bits, "bops": p.reference.bops,
+                   "latency": p.reference.latency_s}[name]
+            self.scale[name] = float(ref or 1.0)
+            for u, unit in enumerate(p.units):
+                for g in range(G):
+                    terms += zip(self.x[u][g], unit.linear[name][g], strict=True)
+        elif name == "memory" and p.derive_lower:
+            self.scale[name] = float(p.reference.resident_weight_bytes)
+            terms = self._highest_copy_terms()
+        else:  # size, or memory without derive_lower: every distinct precision is a copy
+            self.scale[name] = float(p.reference.weight_bytes if name == "size" else p.reference.resident_weight_bytes)
+            terms = self._copy_terms()
+        s = self.scale[name]
+        return pulp.LpAffineExpression([(v, c / s) for v, c in terms if c])
+
+    @functools.cached_property
+    def _weight_flags(self) -> list[dict[int, list[Any]]]:
+        """W[u][w][g]: the sum of x over group g's candidates with weight bits w (an expression)."""
+        import pulp
+
+        out = []
+        for u, unit in enumerate(self.problem.units):
+            flags: dict[int, list[Any]] = {}
+            for w in unit.weight_bits():
+                flags[w] = [pulp.LpAffineExpression([(v, 1.0) for v, b in zip(self.x[u][g], cands, strict=True)
+                                                     if b.w == w])
+                            for g, cands in enumerate(unit.candidates)]
+            out.append(flags)
+        return out
+
+    def _copy_terms(self) -> list[tuple[Any, float]]:
+        import pulp
+
+        if not hasattr(self, "_y"):
+            self._y: list[dict[int, Any]] = []
+            for u, flags in enumerate(self._weight_flags):
+                ys = {}
+                for w, per_group in flags.items():
+                    ys[w] = y = pulp.LpVariable(f"y_{u}_{w}", 0, 1)
+                    for g, f in enumerate(per_group):
+                        self.prob += y >= f, f"copy_{u}_{w}_{g}"
+                self._y.append(ys)
+        return [(y, float(self.problem.units[u].weight_bytes[w])) for u, ys in enumerate(self._y) for w, y in ys.items()]
+
+    def _highest_copy_terms(self) -> list[tuple[Any, float]]:
+        import pulp
+
+        terms: list[tuple[Any, float]] = []
+        for u, flags in enumerate(self._weight_flags):
+            unit, prev = self.problem.units[u], 0.0
+            ws = unit.weight_bits()
+            for k, w in enumerate(ws):
+                t = pulp.LpVariable(f"t_{u}_{w}", 0, 1)
+                for g in range(len(self.problem.groups)):
+                    self.prob += t >= pulp.lpSum(flags[v][g] for v in ws[k:]), f"high_{u}_{w}_{g}"
+                terms.append((t, max(unit.weight_bytes[w] - prev, 0.0)))
+                prev = max(prev, unit.weight_bytes[w])
+        return terms
+
+    def _switch_limits(self, limit: int) -> None:
+        import pulp
+
+        for u, flags in enumerate(self._weight_flags):
+            if len(flags) < 2:
+                continue
+            changes = []
+            for g in range(1, len(self.problem.groups)):
+                c = pulp.LpVariable(f"c_{u}_{g}", 0, 1)
+                for w, per_group in flags.items():
+                    self.prob += c >= per_group[g] - per_group[g - 1], f"switch_{u}_{g}_{w}"
+                changes.append(c)
+            self.prob += pulp.lpSum(changes) <= limit, f"switches_{u}"
+
+    # ---- solving ---------------------------------------------------------------------------------
+    def solve(self, backend: str, gap: float, threads: int | None, time_limit: float | None,
+              warm_start: bool = False) -> bool:
+        """True if a solution was found (optimal up to `gap`, or the best within `time_limit`)."""
+        import pulp
+
+        self.last_args = (backend, gap, threads, time_limit, warm_start)
+
+        backend = resolve_backend(backend)
+        if backend == "cbc":
+            solver = pulp.PULP_CBC_CMD(msg=False, gapRel=gap, threads=threads, timeLimit=time_limit,
+                                       warmStart=warm_start)
+        else:
+            solver = _highs_class()(msg=False, gapRel=gap, threads=threads, timeLimit=time_limit,
+                                    warm_start=warm_start)
+        self.prob.solve(solver)
+        return pulp.LpStatus[self.prob.status] == "Optimal" and all(
+            v.varValue is not None for xs in self.x for row in xs for v in row)
+
+    def plans(self) -> list[Plan]:
+        # the largest value per (unit, group), not `== 1`: solvers return 1 - 1e-9 and friends
+        return [tuple(cands[max(range(len(row)), key=lambda i, row=row: row[i].varValue or 0.0)]  # type: ignore[misc]
+                      for row, cands in zip(xs, unit.candidates, strict=True))
+                for xs, unit in zip(self.x, self.problem.units, strict=True)]
+
+
+@functools.cache
+def _highs_class() -> type:
+    """pulp's HiGHS interface, plus warm start (pulp 3.3 has none for HiGHS): hand the variables'
+    current values to highspy as a starting solution before `run`."""
+    import pulp
+
+    class WarmHiGHS(pulp.HiGHS):
+        def __init__(self, warm_start: bool = False, **kw: Any) -> None:
+            super().__init__(**kw)
+            self.warm_start = warm_start
+
+        def callSolver(self, lp: Any) -> None:
+            if self.warm_start:
+                import highspy
+
+                values = [v.varValue for v in lp.variables()]
+                if all(v is not None for v in values):
+                    sol = highspy.HighsSolution()
+                    sol.col_value = [float(v) for v in values]
+                    sol.value_valid = True
+                    lp.solverModel.setSolution(sol)
+            lp.solverModel.run()
+
+    return WarmHiGHS
+
+
+# ---- the solver -----------------------------------------------------------------------------------
+def _extract(model: _Model, budget: Budget | None = None, retries: int = 3) -> BitConfig:
+    """The model's solution as a checked BitConfig. A solver may accept a row a hair over its cap
+    (feasibility tolerance ~1e-7, larger than quant.budget's 1e-9): tighten that row and re-solve."""
+    p = model.problem
+    for _ in range(retries):
+        config = p.config(model.plans())
+        c = p.costs(config)
+        over = False
+        for lim in (budget or p.budget).limits:
+            value, cap = cost_of(c, lim.metric), lim.absolute(p.reference)
+            if value > cap * (1 + 1e-9):
+                over = True
+                row = model.prob.constraints[f"limit_{lim.metric}"]
+                row.changeRHS(-row.constant - (value - cap) / model.scale[lim.metric] * 2 - 1e-12)
+        if not over:
+            return p.check(config, budget)
+        model.solve(*model.last_args)
+    return p.check(p.config(model.plans()), budget)
+
+
+def solve(problem: Problem, backend: str = "auto", gap: float = DEFAULT_GAP, threads: int | None = None,
+          time_limit: float | None = None) -> BitConfig:
+    """The optimal config under the problem's budget; InfeasibleBudget if there is none."""
+    model = _Model(problem)
+    if not model.solve(backend, gap, threads, time_limit):
+        raise diagnose(problem, backend, threads)
+    return _extract(model)
+
+
+def smallest(problem: Problem, name: str, others: bool = False, backend: str = "auto",
+             threads: int | None = None) -> float | None:
+    """The smallest value of limit `name` (a budget metric or `max_degradation.<metric>`) any allowed
+    config reaches, in absolute units: alone (pins, ties, candidates, switch limits only), or under
+    the `others` limits too. None if even that is infeasible."""
+    skip = set(problem.caps) | {f"{_DEG}{m}" for m in problem.max_degradation}
+    model = _Model(problem, objective=name, skip={name} if others else skip)
+    if not model.solve(backend, 0.0, threads, None):
+        return None
+    config = problem.config(model.plans())
+    if name.startswith(_DEG):
+        return problem.predicted(config)[name[len(_DEG):]]
+    return cost_of(problem.costs(config), name)
+
+
+def diagnose(problem: Problem, backend: str = "auto", threads: int | None = None) -> InfeasibleBudget:
+    """The InfeasibleBudget error for an infeasible problem: the first limit no allowed config meets
+    alone, else the first limit that cannot be met together with the others."""
+    names = [lim.metric for lim in problem.budget.limits] + [f"{_DEG}{m}" for m in problem.max_degradation]
+    for others in (False, True):
+        for name in names:
+            low = smallest(problem, name, others, backend, threads)
+            cap = _absolute_cap(problem, name)
+            if low is None or low > cap * (1 + 1e-9):
+                return _error(problem, name, cap, low, others)
+    return InfeasibleBudget(  # every limit is reachable with the others: the structure itself is infeasible
+        "no configuration satisfies the pins, ties and switch limits together; loosen them", "", math.nan, math.nan)
+
+
+def _absolute_cap(problem: Problem, name: str) -> float:
+    return problem.max_degradation[name[len(_DEG):]] if name.startswith(_DEG) else problem.caps[name]
+
+
+def _error(problem: Problem, name: str, cap: float, low: float | None, others: bool) -> InfeasibleBudget:
+    given = "given the other limits" if others else "with these candidates, pins, ties and switch limits"
+    if low is None:
+        return InfeasibleBudget(f"limit {name} cannot be met {given}; loosen the other limits", name,
+                                problem.in_user_units(name, cap), math.nan)
+    user_cap, user_low = problem.in_user_units(name, cap), problem.in_user_units(name, low)
+    lim = next((x for x in problem.budget.limits if x.metric == name), None)
+    suffix = "x" if lim is not None and lim.relative else ""
+    shown = _round_up(user_low)
+    return InfeasibleBudget(
+        f"budget {name}={user_cap:.6g}{suffix} is infeasible: the smallest {name} any allowed "
+        f"configuration reaches {given} is {shown}{suffix}; raise the limit to at least {shown}{suffix}"
+        + ("" if others else " or allow lower bits"),
+        name, user_cap, user_low,
+    )
+
+
+def _round_up(value: float, digits: int = 6) -> str:
+    """`value` shown with `digits` significant digits, rounded up so the shown number is feasible."""
+    if value <= 0:
+        return f"{value:.{digits}g}"
+    step = 10 ** (math.floor(math.log10(value)) - digits + 1)
+    return f"{math.ceil(value / step - 1e-9) * step:.{digits}g}"
+
+
+def sweep(problem: Problem, values: Sequence[float], metric: str | None = None, backend: str = "auto",
+          warm_start: bool = True, gap: float = DEFAULT_GAP, threads: int | None = None,
+          time_limit: float | None = None) -> list[SweepPoint]:
+    """The predicted Pareto front over `values` of one limit (default the budget's first), in that
+    limit's units; other limits stay. Solved tightest first: each solution is feasible for the next,
+    looser budget, so it is handed to the solver as its starting incumbent. Infeasible values are
+    skipped with a warning."""
+    metric = metric or problem.budget.limits[0].metric
+    base = next((x for x in problem.budget.limits if x.metric == metric), None)
+    if base is None:
+        raise ValueError(f"sweep metric {metric!r} is not in the budget {problem.budget}; add a limit on it")
+    model = _Model(problem)
+    points: list[SweepPoint] = []
+    skipped: list[float] = []
+    have_start = False
+    for value in sorted(values):
+        lim = Limit(metric, value, base.relative)
+        budget = Budget(tuple(lim if x.metric == metric else x for x in problem.budget.limits))
+        for x in budget.limits:  # every row: a retry in _extract may have tightened one
+            model.set_cap(x.metric, x.absolute(problem.reference))
+        t0 = time.perf_counter()
+        if not model.solve(backend, gap, threads, time_limit, warm_start and have_start):
+            skipped.append(value)
+            continue
+        config = _extract(model, budget)
+        have_start = True
+        points.append(SweepPoint(value, config, problem.objective(model.plans()), problem.costs(config),
+                                 time.perf_counter() - t0))
+    if skipped:
+        warnings.warn(f"sweep skipped infeasible {metric} values {skipped}", stacklevel=2)
+    return points
+
+
+@register("ilp")
+class IlpSolver(Solver):
+    """Exact integer program. `sweep` (values of the budget's first limit, or of `sweep_metric`)
+    returns the predicted Pareto front instead of one config."""
+
+    def __init__(self, backend: str = "auto", gap: float = DEFAULT_GAP, threads: int | None = None,
+                 time_limit: float | None = None, sweep: Sequence[float] | None = None,
+                 sweep_metric: str | None = None) -> None:
+        resolve_backend(backend)  # reject unknown names now
+        self.backend, self.gap, self.threads, self.time_limit = backend, gap, threads, time_limit
+        self.values, self.sweep_metric = sweep, sweep_metric
+
+    def solve(self, problem: Problem) -> list[BitConfig]:
+        if self.values is None:
+            return [solve(problem, self.backend, self.gap, self.threads, self.time_limit)]
+        points = sweep(problem, self.values, self.sweep_metric, self.backend, True, self.gap, self.threads,
+                       self.time_limit)
+        from solvers.pareto import non_dominated
+
+        keep = non_dominated([(pt.objective, pt.value) for pt in points])
+        return [points[i].config for i in keep]

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from quant.budget import Budget
+from quant.config import BitConfig, Bits, TimestepGroups
+from quant.layers import Layer
+from quant.scores import Scores
+from solvers import ilp
+from solvers.problem import InfeasibleBudget, Problem
+from tests.solvers.conftest import BITS, GROUPS, make_layers, make_scores
+
+T = 1  # one solver thread: the test machine is shared
+
+
+def make(layers: list[Layer], scores: Scores | list[Scores], budget: str, **kw: object) -> Problem:
+    return Problem(layers, scores.groups if isinstance(scores, Scores) else GROUPS, scores, budget,  # type: ignore[arg-type]
+                   candidates=kw.pop("candidates", BITS), **kw)  # type: ignore[arg-type]
+
+
+def within(p: Problem, config: BitConfig) -> bool:
+    return not p.budget.violations(p.costs(config), p.reference)
+
+
+def brute_force(p: Problem) -> float:
+    """Best objective over every config (tiny problems only), feasibility by quant.cost.costs."""
+    best = float("inf")
+    per_unit = [list(itertools.product(*u.candidates)) for u in p.units]
+    for plans in itertools.product(*per_unit):
+        cfg = p.config(plans)
+        if not p.violations(cfg):
+            best = min(best, p.objective(plans))
+    return best
+
+
+@pytest.mark.parametrize("budget", ["wbits=5.5", "bops=0.2x", "size=0.3x", "memory=0.3x,bops=0.25x"])
+def test_optimal_matches_brute_force(budget: str) -> None:
+    layers = make_layers(1)[:3]  # 3 layers x 2 groups x 3 pairs: 729 configs to enumerate
+    bits = BITS[:3]
+    p = make(layers, make_scores(layers, bits=bits), budget, candidates=bits)
+    cfg = ilp.solve(p, threads=T)
+    assert within(p, cfg)
+    assert p.predicted(cfg)["objective"] == pytest.approx(brute_force(p), rel=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["cbc", "highs"])
+@pytest.mark.parametrize("budget", ["wbits=5", "bops=0.2x", "size=0.28x", "memory=0.3x", "wbits=6,bops=0.22x"])
+def test_every_budget_is_met_by_quant_costs(layers: list[Layer], scores: Scores, backend: str, budget: str) -> None:
+    p = make(layers, scores, budget)
+    cfg = ilp.solve(p, backend, threads=T)
+    assert within(p, cfg) and set(cfg.rules) == {layer.fqn for layer in layers}
+
+
+def test_cbc_and_highs_agree(layers: list[Layer], scores: Scores) -> None:
+    p = make(layers, scores, "wbits=5.2,bops=0.2x")
+    objs = [p.predicted(ilp.solve(p, b, threads=T))["objective"] for b in ("cbc", "highs")]
+    assert objs[0] == pytest.approx(objs[1], rel=1e-6)
+
+
+def test_infeasible_names_binding_limit_and_smallest_value(layers: list[Layer], scores: Scores) -> None:
+    p = make(layers, scores, "wbits=8,bops=0.05x")
+    with pytest.raises(InfeasibleBudget, match=r"bops=0.05x is infeasible.*at least 0.125x") as err:
+        ilp.solve(p, threads=T)
+    assert err.value.metric == "bops" and err.value.smallest == pytest.approx(0.125)  # all W4A8
+    ilp.solve(p.replace(budget=f"wbits=8,bops={err.value.smallest}x"), threads=T)  # the value is feasible
+
+
+def test_jointly_infeasible_limits_are_named(layers: list[Layer], scores: Scores) -> None:
+    # each alone is reachable: all W4A16 gives wbits 4 (bops 0.25x), all W8A4 bops 0.125x (wbits 8)
+    bits = (Bits(4, 16), Bits(8, 4))
+    p = make(layers, make_scores(layers, bits=bits), "wbits=4,bops=0.2x", candidates=bits)
+    with pytest.raises(InfeasibleBudget, match="given the other limits") as err:
+        ilp.solve(p, threads=T)
+    assert err.value.metric == "wbits" and err.value.smallest > 4
+
+
+def test_pins_and_ties_are_respected(layers: list[Layer], scores: Scores) -> None:
+    ties = [r"re:(blocks\.\d+)\.attn1\.to_[qkv]"]
+    p = make(layers, scores, "wbits=4.6", pins={"re:conv_.*": "W8A8", "conv_out": "W8A16"}, ties=ties)
+    cfg = ilp.solve(p, threads=T)
+    assert cfg.layer_bits("conv_in") == (Bits(8, 8),) * 2 and cfg.layer_bits("conv_out") == (Bits(8, 16),) * 2
+    for i in range(2):
+        assert len({cfg.layer_bits(f"blocks.{i}.attn1.to_{c}") for c in "qkv"}) == 1
+    assert within(p, cfg)
+
+
+def test_two_weight_copies_are_counted_in_memory() -> None:
+    # one layer; the early group (5 of 20 steps) is the sensitive one. wbits=6 rules out all-W8;
+    # without a memory limit the best is W8 early, W4 late (wbits 5): two resident copies
+    layer = [Layer("ff", "linear", (256, 256), 65536, 65536 * 1024)]
+    s = make_scores(layer)
+    loose = make(layer, s, "wbits=6")
+    assert [b.w for b in loose.plans_of(ilp.solve(loose, threads=T))[0]] == [8, 4]
+    # a memory budget of one W8 copy forbids holding W8 and W4: equal weight bits in every group
+    one_copy = loose.units[0].weight_bytes[8]
+    tight = make(layer, s, f"wbits=6,memory={one_copy}")
+    cfg = ilp.solve(tight, threads=T)
+    assert len({b.w for b in tight.plans_of(cfg)[0]}) == 1 and within(tight, cfg)
+    with_derive = make(layer, s, f"wbits=6,memory={one_copy}", derive_lower=True)  # W4 re-derived from W8
+    assert [b.w for b in with_derive.plans_of(ilp.solve(with_derive, threads=T))[0]] == [8, 4]
+
+
+def test_derive_lower_keeps_only_the_highest_copy(layers: list[Layer]) -> None:
+    s = make_scores(layers)
+    single = sum(u.weight_bytes[8] for u in make(layers, s, "wbits=5").units)
+    p = make(layers, s, f"wbits=5,memory={single}", derive_lower=True)
+    cfg = ilp.solve(p, threads=T)
+    assert any(pl[0].w != pl[1].w for pl in p.plans_of(cfg))  # switching is free for memory now
+    assert within(p, cfg)
+
+
+def test_weight_switch_limit() -> None:
+    layers = make_layers(1)
+    groups = TimestepGroups.uniform(20, 4)
+    s = make_scores(layers, groups=groups)
+    free = Problem(layers, groups, s, "wbits=5.5", candidates=BITS)
+    assert max(free.switches(pl) for pl in free.plans_of(ilp.solve(free, threads=T))) >= 1
+    for k in (0, 1):
+        p = free.replace(max_weight_switches=k)
+        cfg = ilp.solve(p, threads=T)
+        assert max(p.switches(pl) for pl in p.plans_of(cfg)) <= k and within(p, cfg)
+
+
+def test_alignment_as_constraint(layers: list[Layer]) -> None:
+    q, a = make_scores(layers, seed=1), make_scores(layers, seed=2, metric="alignment")
+    p = make(layers, [q, a], "wbits=5")
+    free_align = p.predicted(ilp.solve(p, threads=T))["alignment"]
+    best_align = p.predicted(ilp.solve(p.replace(weights={"alignment": 1.0}), threads=T))["alignment"]
+    cap = (free_align + best_align) / 2
+    assert best_align < free_align
+    capped = p.replace(max_degradation={"alignment": cap})
+    pred = capped.predicted(ilp.solve(capped, threads=T))
+    assert pred["alignment"] <= cap * (1 + 1e-9)
+    with pytest.raises(InfeasibleBudget, match="max_degradation.alignment"):
+        ilp.solve(p.replace(max_degradation={"alignment": 0.0}), threads=T)  # needs W16A16
+    assert capped.weights == {"quality": 1.0}
+
+
+def test_sweep_is_a_monotone_front_within_each_budget(layers: list[Layer], scores: Scores) -> None:
+    p = make(layers, scores, "bops=0.3x")
+    values = [0.3, 0.15, 0.2, 0.25]
+    for backend in ("highs", "cbc"):
+        front = ilp.sweep(p, values, backend=backend, threads=T)
+        assert [pt.value for pt in front] == sorted(values)
+        objs = [pt.objective for pt in front]
+        assert all(b <= a + 1e-9 for a, b in zip(objs, objs[1:], strict=False))
+        for pt in front:
+            assert not Budget.parse(f"bops={pt.value}x").violations(pt.costs, p.reference)
+
+
+def test_registered_solver_returns_front(layers: list[Layer], scores: Scores) -> None:
+    from solvers import get_solver
+
+    p = make(layers, scores, "bops=0.3x")
+    configs = get_solver("ilp", sweep=[0.15, 0.2, 0.3], threads=T).solve(p)
+    assert 1 <= len(configs) <= 3 and all(within(p, c) for c in configs)
