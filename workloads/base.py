@@ -14,7 +14,6 @@ needs both (MixDQ):
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -107,10 +106,8 @@ def workload_names() -> list[str]:
 
 def load_workload(name_or_path: str, **options: Any) -> Workload:
     """`builtin` (the shipped model) or the path of a local diffusers pipeline directory."""
-    import workloads.diffusers_workload  # noqa: F401  (registration)
-
-    with contextlib.suppress(ImportError):  # the built-in model's package is optional at import time
-        import workloads.builtin.workload  # noqa: F401
+    import workloads.builtin.workload  # noqa: F401  (registration)
+    import workloads.diffusers_workload  # noqa: F401
     args: tuple[str, ...]
     if name_or_path in _REGISTRY:
         factory, args = _REGISTRY[name_or_path], ()

@@ -1,0 +1,29 @@
+"""Storage errors. Each message names what to do next, because the CLI prints them as they are."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class of every error raised by `storage`."""
+
+
+class SchemaVersionError(StorageError):
+    """The database schema is not the revision this code was written for."""
+
+
+class StudyNotFoundError(StorageError, LookupError):
+    pass
+
+
+class DuplicateStudyError(StorageError):
+    pass
+
+
+class CandidateNotFoundError(StorageError, LookupError):
+    pass
+
+
+class LeaseLostError(StorageError):
+    """The caller no longer holds the candidate: its lease expired and was reclaimed (and maybe
+    claimed by another worker), or the candidate already reached a final state. The caller must
+    drop its result; the current holder's result is the one that counts."""

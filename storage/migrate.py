@@ -1,0 +1,140 @@
+"""Alembic migrations, run from code: the scripts ship inside the package (storage/migrations/),
+so no alembic.ini is needed at runtime, and the version table is bitsearch's own
+(`bitsearch_alembic_version`; Optuna's RDBStorage keeps its `alembic_version` in the same database).
+
+A fresh database is created at head on first open. A database behind head is never upgraded
+silently (users may share it with an older bitsearch on another machine): opening it raises an
+error naming the command that upgrades it. Developers add a revision with
+`alembic.command.revision(alembic_config(url), autogenerate=True, message=...)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, func, inspect, select
+
+from storage.db import Database, display_url, normalize_url
+from storage.errors import SchemaVersionError
+from storage.models import VERSION_TABLE, Base
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.engine import URL
+
+SCRIPT_LOCATION = Path(__file__).with_name("migrations")
+# Concurrent first opens (8 workers starting at once) must not all create the tables: PostgreSQL
+# serializes them on this advisory lock, SQLite on BEGIN IMMEDIATE.
+_PG_LOCK_KEY = 0x6269747365617263  # "bitsearc"
+
+
+def upgrade_command(url: URL) -> str:
+    return f"bitsearch db upgrade --db {display_url(url)}"
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(SCRIPT_LOCATION))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _script() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revision() -> str:
+    head = _script().get_current_head()
+    assert head is not None, "storage/migrations has no revisions"
+    return head
+
+
+def current_revisions(conn: Connection) -> tuple[str, ...]:
+    from alembic.runtime.migration import MigrationContext
+
+    ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+    return tuple(ctx.get_current_heads())
+
+
+def _lock(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(_PG_LOCK_KEY)))
+
+
+def _has_our_tables(conn: Connection) -> bool:
+    names = set(inspect(conn).get_table_names())
+    return bool(names & set(Base.metadata.tables))
+
+
+def _run_upgrade(conn: Connection, target: str = "head") -> None:
+    from alembic import command
+
+    command.upgrade(alembic_config(conn), target)
+
+
+def check_schema(conn: Connection, url: URL, *, create: bool = True) -> None:
+    """Create a fresh database at head, pass one at head, raise SchemaVersionError otherwise."""
+    _lock(conn)
+    current = current_revisions(conn)
+    head = head_revision()
+    if not current:
+        if _has_our_tables(conn):
+            raise SchemaVersionError(
+                f"database {display_url(url)} has bitsearch tables but no {VERSION_TABLE} table; it was "
+                "not created by bitsearch's migrations. Point --db at a new database"
+            )
+        if create:
+            _run_upgrade(conn)
+        return
+    if current == (head,):
+        return
+    script = _script()
+    if not all(_known(script, rev) for rev in current):
+        raise SchemaVersionError(
+            f"database {display_url(url)} has schema revision {', '.join(current)}, which this bitsearch "
+            f"does not know (its newest is {head}): it was written by a newer bitsearch; upgrade bitsearch"
+        )
+    raise SchemaVersionError(
+        f"database {display_url(url)} has schema revision {', '.join(current)}; this bitsearch needs "
+        f"{head}. Back it up, then run: {upgrade_command(url)}"
+    )
+
+
+def _known(script: ScriptDirectory, revision: str) -> bool:
+    try:
+        return script.get_revision(revision) is not None
+    except Exception:  # alembic raises its own "Can't locate revision" errors
+        return False
+
+
+def upgrade(url: str | URL | None = None, revision: str = "head") -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Migrate the database at `url` to `revision` (what `bitsearch db upgrade` runs).
+    Returns the revisions before and after."""
+    db = Database(url)
+    try:
+        with db.session_scope() as session:
+            conn = session.connection()
+            _lock(conn)
+            before = current_revisions(conn)
+            if not before and _has_our_tables(conn):
+                check_schema(conn, db.url)  # raises the "not created by bitsearch" error
+            _run_upgrade(conn, revision)
+            after = current_revisions(conn)
+        return before, after
+    finally:
+        db.dispose()
+
+
+def database_revision(url: str | URL | None = None) -> tuple[str, ...]:
+    """The revisions the database at `url` is at (empty for a database bitsearch never touched)."""
+    db = Database(normalize_url(url))
+    try:
+        return db.run(lambda s: current_revisions(s.connection()), readonly=True)
+    finally:
+        db.dispose()

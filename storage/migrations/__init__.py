@@ -1,0 +1,1 @@
+"""Alembic migration scripts (run by storage.migrate; no alembic.ini)."""
