@@ -70,5 +70,9 @@ def test_int8_backend_runs_integer_kernels_on_integer_weights() -> None:
     # float GEMM with the dequantized 4-bit weight, and differs from the W8 kernel's.
     scale = activation_scale(float(x.abs().max()), 8)
     assert not torch.allclose(kernels[Bits(4, 8)].run(x, scale), kernels[Bits(8, 8)].run(x, scale))
+    # Widths the weight-only kernels cannot take (W8: in_features % 16, crashes natively) fall back.
+    narrow = backend.kernels(nn.Linear(8, 4), "linear", {Bits(8, 16), Bits(4, 16)})
+    assert {k.label for k in narrow.values()} == {"dequantize-float"}
+    assert torch.isfinite(narrow[Bits(8, 16)].run(torch.randn(2, 8), None)).all()
     assert not backend.supports(Bits(16, 8), "linear")
     assert not backend.supports(Bits(8, 8), "linear", group_size=32)

@@ -1,0 +1,338 @@
+"""Shared math and plumbing of the estimators (private): quantization deltas, the two degradation
+metrics, recording the sampler's denoiser calls, replaying them with gradients, and the trajectory
+gain that turns a per-step local error into its effect on the final image.
+
+Units. Every estimator that does not measure end to end predicts the QUALITY degradation as
+image MSE vs full precision (PSNR = -10 log10 MSE), in two factors:
+    score(layer, g, bits) = gain[g] * sum_{steps s in g} nsr_s(layer, bits)
+where nsr_s is the relative error power ||dO_s||^2 / ||O_s||^2 the quantized layer causes in the
+denoiser output O_s at step s (how each estimator predicts it is its own business), and gain[g] is
+the image MSE per unit of relative output-error power injected at the steps of group g, MEASURED
+by adding white noise to the denoiser output at those steps only. The gain is what captures that
+early (high-noise) errors are amplified along the trajectory; a purely local error would miss it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from quant.config import HIGH_PRECISION, Bits, TimestepGroups
+from quant.quantizers import activation_scale, fake_quantize_activation, quantize_weight
+
+if TYPE_CHECKING:
+    from quant.calibrate import ActivationRanges
+    from workloads.base import Batch, Generation, Workload
+
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], desc: str, enabled: bool, total: int | None = None) -> Iterator[T]:
+    """A tqdm progress bar over `items` (silent when disabled)."""
+    from tqdm.auto import tqdm
+
+    yield from tqdm(items, desc=desc, total=total, disable=not enabled, leave=False)
+
+
+# ---- quantization deltas --------------------------------------------------------------------------
+def weight_delta(weight: Tensor, bits: int) -> Tensor:
+    """Q_b(W) - W for the per-output-channel symmetric grid the kernels use (0 at 16 bits)."""
+    w = weight.detach().float()
+    if bits == HIGH_PRECISION:
+        return torch.zeros_like(w)
+    return quantize_weight(w, bits).dequantize() - w
+
+
+def activation_delta(x: Tensor, absmax: float, bits: int) -> Tensor:
+    """Q_a(x) - x for the per-tensor grid of the calibrated range (0 at 16 bits)."""
+    x = x.detach().float()
+    if bits == HIGH_PRECISION:
+        return torch.zeros_like(x)
+    return fake_quantize_activation(x, activation_scale(absmax, bits), bits) - x
+
+
+def weight_of(module: nn.Module) -> Tensor:
+    w = module.weight
+    if not isinstance(w, Tensor):
+        raise TypeError(f"{type(module).__name__} has no weight tensor")
+    return w
+
+
+def weight_bits(bits: Sequence[Bits]) -> list[int]:
+    return sorted({b.w for b in bits})
+
+
+def activation_bits(bits: Sequence[Bits]) -> list[int]:
+    return sorted({b.a for b in bits if b.a != HIGH_PRECISION})
+
+
+def calibrate(workload: Workload, groups: TimestepGroups, bits: Sequence[Bits], batch: Batch) -> ActivationRanges | None:
+    """Per-group activation ranges on `batch` when some bits quantize activations, else None."""
+    if not activation_bits(bits):
+        return None
+    from quant.calibrate import calibrate_activations
+
+    return calibrate_activations(workload.denoiser, groups, workload.calibration_run(batch))
+
+
+# ---- the two measured metrics ------------------------------------------------------------------------
+def image_mse(reference: Tensor, test: Tensor) -> float:
+    """Quality degradation: mean squared error of images in [0, 1] vs full precision."""
+    return float((reference.double() - test.double()).pow(2).mean())
+
+
+def alignment_drop(reference: Mapping[str, float], test: Mapping[str, float]) -> float:
+    """Alignment degradation: mean over the workload's alignment metrics of the relative drop vs full
+    precision (prompt accuracy and CLIP score live on different scales). 0 without alignment metrics."""
+    keys = [k for k in reference if k in test]
+    if not keys:
+        return 0.0
+    return sum((reference[k] - test[k]) / max(abs(reference[k]), 1e-12) for k in keys) / len(keys)
+
+
+# ---- recording and replaying the sampler's denoiser calls ---------------------------------------------
+@dataclass
+class StepCall:
+    """One denoiser call of a sampling run: its step, inputs, and the squared norm of its output."""
+
+    step: int
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    out_sq: float = 0.0
+
+
+def first_tensor(output: Any) -> Tensor:
+    """The prediction inside a denoiser output (a tensor, a tuple starting with one, or `.sample`)."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
+        return output[0]
+    sample = getattr(output, "sample", None)
+    if isinstance(sample, Tensor):
+        return sample
+    raise TypeError(f"cannot find the prediction tensor in a denoiser output of type {type(output).__name__}")
+
+
+def _replace_first(output: Any, new: Tensor) -> Any:
+    if isinstance(output, Tensor):
+        return new
+    if isinstance(output, tuple | list):
+        return type(output)([new, *output[1:]])
+    output.sample = new
+    return output
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(_detach(v) for v in value)
+    return value
+
+
+@contextmanager
+def _denoiser_hooks(denoiser: nn.Module, pre: Callable[..., Any] | None = None,
+                    post: Callable[..., Any] | None = None) -> Iterator[None]:
+    handles = []
+    try:
+        if pre is not None:
+            handles.append(denoiser.register_forward_pre_hook(pre, with_kwargs=True))
+        if post is not None:
+            handles.append(denoiser.register_forward_hook(post))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def record_calls(workload: Workload, batch: Batch) -> tuple[Generation, list[StepCall]]:
+    """Generate `batch` in full precision, recording every denoiser call with its step."""
+    calls: list[StepCall] = []
+    step = [0]
+
+    def pre(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        calls.append(StepCall(step[0], _detach(args), _detach(kwargs)))
+
+    def post(_m: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
+        calls[-1].out_sq = float(first_tensor(output).detach().double().pow(2).sum())
+
+    def on_step(i: int) -> None:
+        step[0] = i
+
+    with _denoiser_hooks(workload.denoiser, pre, post):
+        gen = workload.generate(batch, on_step=on_step)
+    return gen, calls
+
+
+def trajectory_gains(workload: Workload, batch: Batch, groups: TimestepGroups, reference: Generation,
+                     rel_noise: float, seed: int) -> list[float]:
+    """Per group: image MSE per unit of relative error power injected in the denoiser output at the
+    group's steps (white noise of relative RMS `rel_noise` at each of those steps). See module doc."""
+    gains = []
+    step = [0]
+
+    def on_step(i: int) -> None:
+        step[0] = i
+
+    for g, (lo, hi) in enumerate(groups.spans):
+        gen = torch.Generator().manual_seed(seed * 1009 + g)
+
+        def post(_m: nn.Module, _args: tuple[Any, ...], output: Any, lo: int = lo, hi: int = hi,
+                 gen: torch.Generator = gen) -> Any:
+            if not lo <= step[0] <= hi:
+                return None
+            out = first_tensor(output)
+            rms = out.detach().float().pow(2).mean().sqrt()
+            noise = torch.randn(out.shape, generator=gen, dtype=torch.float32).to(out.dtype)
+            return _replace_first(output, out + rel_noise * rms * noise)
+
+        with _denoiser_hooks(workload.denoiser, post=post):
+            test = workload.generate(batch, on_step=on_step)
+        gains.append(image_mse(reference.images, test.images) / ((hi - lo + 1) * rel_noise**2))
+    return gains
+
+
+@dataclass
+class Tape:
+    """What one replayed forward recorded at each layer: its input and a zero leaf added to it, whose
+    gradient is the gradient w.r.t. the layer input (the input itself is not a leaf)."""
+
+    inputs: dict[str, list[Tensor]] = field(default_factory=dict)
+    zeros: dict[str, list[Tensor]] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        self.inputs.clear()
+        self.zeros.clear()
+
+
+@contextmanager
+def differentiable(denoiser: nn.Module, modules: Mapping[str, nn.Module], want_inputs: bool) -> Iterator[Tape]:
+    """Make the weights of `modules` (only) require grad and, if asked, tape their inputs; every flag
+    and hook is restored on exit, so the model is left as found. Gradients are taken with
+    `torch.autograd.grad`, which never writes `.grad`."""
+    flags = {p: p.requires_grad for p in denoiser.parameters()}
+    tape = Tape()
+    handles = []
+
+    def hook(name: str) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...]]:
+        def pre(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            x = args[0]
+            z = torch.zeros_like(x, requires_grad=True)
+            tape.inputs.setdefault(name, []).append(x.detach())
+            tape.zeros.setdefault(name, []).append(z)
+            return (x + z, *args[1:])
+
+        return pre
+
+    try:
+        for p in flags:
+            p.requires_grad_(False)
+        for m in modules.values():
+            weight_of(m).requires_grad_(True)
+        if want_inputs:
+            handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
+        yield tape
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+
+
+@dataclass
+class ProbeGrads:
+    """Squared gradients of one probe v . O of one call, normalized by ||O||^2 (relative error units),
+    and the layer inputs of that call (for activation deltas)."""
+
+    weight_sq: dict[str, Tensor]
+    input_sq: dict[str, list[Tensor]]
+    inputs: dict[str, list[Tensor]]
+
+
+def replay(denoiser: nn.Module, call: StepCall, tape: Tape) -> Tensor:
+    """Re-run a recorded denoiser call with autograd on (the graph lives as long as the output)."""
+    tape.clear()
+    with torch.enable_grad():
+        return first_tensor(denoiser(*call.args, **call.kwargs))
+
+
+def rademacher(like: Tensor, gen: torch.Generator) -> Tensor:
+    """A +-1 probe vector shaped like `like` (lower variance than Gaussian for Hutchinson)."""
+    return (torch.randint(0, 2, like.shape, generator=gen) * 2 - 1).to(like.dtype)
+
+
+def probe(out: Tensor, call: StepCall, modules: Mapping[str, nn.Module], tape: Tape, v: Tensor) -> ProbeGrads:
+    """One backward of v . O through a `replay`ed output. E_v[(J^T v)^2] is the diagonal of J^T J (the
+    Gauss-Newton matrix, = the Fisher of a Gaussian output), so its sum over a layer is Hutchinson's
+    estimate of that layer's trace; the graph is kept for further probes."""
+    names = list(modules)
+    weights = [weight_of(modules[n]) for n in names]
+    zeros = [z for n in names for z in tape.zeros.get(n, [])]
+    grads = torch.autograd.grad(out, [*weights, *zeros], grad_outputs=v, retain_graph=True, allow_unused=True)
+    scale = 1.0 / max(call.out_sq, 1e-30)
+
+    def sq(g: Tensor | None, like: Tensor) -> Tensor:
+        return g.detach().float().pow(2) * scale if g is not None else torch.zeros_like(like, dtype=torch.float32)
+
+    weight_sq = {n: sq(g, weight_of(modules[n])) for n, g in zip(names, grads[: len(names)], strict=True)}
+    input_sq: dict[str, list[Tensor]] = {}
+    rest = iter(grads[len(names):])
+    for n in names:
+        input_sq[n] = [sq(next(rest), z) for z in tape.zeros.get(n, [])]
+    return ProbeGrads(weight_sq, input_sq, dict(tape.inputs))
+
+
+def group_steps(groups: TimestepGroups, calls: Sequence[StepCall]) -> list[int]:
+    """The timestep group of each recorded call."""
+    return [groups.group_of(c.step) for c in calls]
+
+
+@dataclass
+class Prepared:
+    """What the trajectory-based estimators share: the calibration batch, its full-precision run with
+    every denoiser call recorded, the per-group trajectory gains, the layers and activation ranges."""
+
+    batch: Batch
+    reference: Generation
+    calls: list[StepCall]
+    gains: list[float]
+    modules: dict[str, nn.Module]
+    ranges: ActivationRanges | None
+
+    def absmax(self, name: str, group: int) -> float:
+        assert self.ranges is not None
+        return self.ranges.absmax(name, group)
+
+
+def prepare(workload: Workload, names: Sequence[str], bits: Sequence[Bits], groups: TimestepGroups,
+            n_images: int, seed: int, gain_noise: float, trajectory: bool) -> Prepared:
+    """Calibration batch -> FP run (recorded) -> gains (1 per group when `trajectory` is off)."""
+    from quant.layers import quantizable_modules
+
+    found = quantizable_modules(workload.denoiser)
+    batch = workload.batch(n_images, split="calibration")
+    ranges = calibrate(workload, groups, bits, batch)
+    reference, calls = record_calls(workload, batch)
+    gains = (trajectory_gains(workload, batch, groups, reference, gain_noise, seed) if trajectory
+             else [1.0] * len(groups))
+    return Prepared(batch, reference, calls, gains, {n: found[n][0] for n in names}, ranges)
+
+
+@contextmanager
+def layer_hooks(modules: Mapping[str, nn.Module],
+                make: Callable[[str], Callable[[nn.Module, tuple[Any, ...], Any], None]]) -> Iterator[None]:
+    """Temporary forward hooks `make(name)` on every layer; removed on exit even on error."""
+    handles = []
+    try:
+        handles = [m.register_forward_hook(make(n)) for n, m in modules.items()]
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,104 @@
+"""`sensitivity.validate`: held-out measurement and rank correlation; estimator-specific checks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from quant.config import Bits, TimestepGroups
+from quant.scores import Scores
+from sensitivity import correlate, get_estimator, measure, validate
+from sensitivity._common import alignment_drop, image_mse
+from sensitivity.kurtosis import kurtosis, predicted_nsr
+from tests.sensitivity.conftest import TinyWorkload
+
+BITS = [Bits.parse(b) for b in ("W2A16", "W4A16", "W8A16")]
+
+
+@pytest.fixture(scope="module")
+def measured(workload: TinyWorkload, some_layers: list[str]) -> object:
+    workload.splits_seen.clear()
+    m = measure(workload, some_layers, BITS, TimestepGroups.uniform(4, 2), n_single=6, n_mixed=6, n_images=2,
+                budgets=(0.2, 0.5), progress=False)
+    return m
+
+
+def test_measure_uses_only_held_out_eval_for_generations(workload: TinyWorkload, measured: object) -> None:
+    # calibration is used for activation ranges only when activations are quantized (not here)
+    assert set(workload.splits_seen) == {"eval"}
+
+
+def test_measure_single_and_mixed(measured: object) -> None:
+    singles, mixed = measured.of("single"), measured.of("mixed")  # type: ignore[attr-defined]
+    assert len(singles) == 6 and all(len(m.entries) == 1 for m in singles)
+    assert len(mixed) == 6 and {m.budget for m in mixed} == {0.2, 0.5}
+    assert all(math.isfinite(m.quality) and m.quality >= 0 for m in measured.items)  # type: ignore[attr-defined]
+    assert not measured.simulated and "simulated" not in measured.ran_as  # type: ignore[attr-defined]
+
+
+def test_correlate_perfect_and_serializable(measured: object, some_layers: list[str]) -> None:
+    groups = TimestepGroups.uniform(4, 2)
+    # an oracle whose single-layer predictions are the measurements themselves
+    values = {(n, g, b): 1e-9 for n in some_layers for g in range(2) for b in BITS}
+    for m in measured.of("single"):  # type: ignore[attr-defined]
+        values[m.entries[0]] = m.quality + 1e-6
+    v = correlate(Scores("oracle", "quality", groups, values), measured)  # type: ignore[arg-type]
+    assert v.spearman("single", "quality") == pytest.approx(1.0)
+    assert v.counts == {"single": 6, "mixed": 6}
+    d = json.loads(json.dumps(v.to_dict()))
+    assert d["estimator"] == "oracle" and set(d["correlations"]) == {"single", "mixed"}
+
+
+def test_validate_end_to_end(workload: TinyWorkload, some_layers: list[str]) -> None:
+    scores = get_estimator("gradient", progress=False, n_images=2).estimate(workload, some_layers, BITS, 1)
+    v = validate(scores, workload, n_single=4, n_mixed=4, n_images=2, progress=False)
+    assert v.estimator == "gradient" and v.counts == {"single": 4, "mixed": 4}
+    for kind in ("single", "mixed"):
+        assert -1.0 <= v.spearman(kind, "quality") <= 1.0
+
+
+def test_correlate_rejects_other_groups(measured: object, some_layers: list[str]) -> None:
+    s = Scores("x", "quality", TimestepGroups(4), {(some_layers[0], 0, BITS[0]): 1.0})
+    with pytest.raises(ValueError, match="timestep groups"):
+        correlate(s, measured)  # type: ignore[arg-type]
+
+
+def test_decoupled_measures_both_metrics(workload: TinyWorkload, some_layers: list[str]) -> None:
+    est = get_estimator("decoupled", progress=False, n_images=2, backend="fake")
+    out = est.estimate_metrics(workload, some_layers[:2], ["W2A16"], 1)
+    assert set(out) == {"quality", "alignment", "both"}
+    assert all(s.estimator == "decoupled" and s.metric == m for m, s in out.items())
+    with pytest.raises(Exception, match="metric"):
+        get_estimator("decoupled", metric="fidelity")
+
+
+def test_hessian_reports_stderr_and_stops_early(workload: TinyWorkload, some_layers: list[str]) -> None:
+    est = get_estimator("hessian", progress=False, n_images=2, min_probes=2, max_probes=6, rel_tol=10.0)
+    s = est.estimate(workload, some_layers, ["W4A16"], 1)
+    assert s.stderr is not None and set(s.stderr) == set(s.values)
+    assert est.probes_used and all(k == 2 for k in est.probes_used)  # type: ignore[attr-defined]
+
+
+def test_trajectory_gain_option_changes_group_weighting(workload: TinyWorkload, some_layers: list[str]) -> None:
+    on = get_estimator("mse", progress=False, n_images=2).estimate(workload, some_layers, ["W4A16"], 2)
+    off = get_estimator("mse", progress=False, n_images=2, trajectory=False).estimate(workload, some_layers, ["W4A16"], 2)
+    ratio = [on.values[k] / off.values[k] for k in off.values if off.values[k] > 0]
+    assert max(ratio) / min(ratio) > 1.01  # the per-group gains differ
+
+
+def test_kurtosis_model() -> None:
+    g = torch.Generator().manual_seed(0)
+    assert float(kurtosis(torch.randn(100_000, generator=g))) == pytest.approx(3.0, abs=0.1)
+    assert predicted_nsr(2, 3.0, 1000) > predicted_nsr(4, 3.0, 1000) > predicted_nsr(8, 3.0, 1000) > 0
+    assert predicted_nsr(4, 30.0, 1000) == pytest.approx(10 * predicted_nsr(4, 3.0, 1000))
+    assert predicted_nsr(16, 3.0, 1000) == 0
+
+
+def test_metric_helpers() -> None:
+    a = torch.zeros(2, 1, 4, 4)
+    assert image_mse(a, a) == 0 and image_mse(a, a + 0.5) == pytest.approx(0.25)
+    assert alignment_drop({"acc": 1.0, "clip": 80.0}, {"acc": 0.5, "clip": 80.0}) == pytest.approx(0.25)
+    assert alignment_drop({}, {}) == 0.0
