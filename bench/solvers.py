@@ -1,13 +1,16 @@
 """Solver benchmark, side by side in one run: CBC vs HiGHS on a synthetic SDXL-size problem.
 
-    .venv/bin/python bench/solvers.py [--threads 1] [--points 10] [--quick]
+    .venv/bin/python bench/solvers.py [--threads 1] [--points 10] [--quick] [--builtin-only]
 
 - scale: the SDXL UNet inventory (built on the meta device, 794 layers) x 4 timestep groups x 5 bit
   pairs with random but realistically shaped scores, one budget (wbits=5, bops=0.3x) solved to
   optimality (relative gap 1e-6) with each backend; then a budget sweep over `--points` bops levels,
   with and without warm start;
-- quality: greedy vs ILP predicted objective at equal budgets, every config checked with
-  quant.cost.costs (Problem.check, which every solver also runs before returning).
+- quality: greedy vs ILP predicted objective at equal budgets, on the SDXL problem (bops sweep) and on
+  the built-in UNet with real (gradient) sensitivities, 3 timestep groups, wbits 4.25/4.5/5/6, a
+  combined wbits+bops and a size budget; every returned config is re-costed with quant.cost.costs
+  against its budget. A FAIL line (and exit status 1) if greedy beats the ILP beyond the MIP gap or
+  any config is over budget.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ import math
 import random
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quant.config import Bits, TimestepGroups  # noqa: E402
+from quant.budget import cost_of  # noqa: E402
+from quant.config import BitConfig, Bits, TimestepGroups  # noqa: E402
+from quant.cost import costs  # noqa: E402
 from quant.layers import Layer  # noqa: E402
 from quant.scores import Scores  # noqa: E402
 from solvers import ilp  # noqa: E402
@@ -60,12 +66,42 @@ def sdxl_problem(budget: str = "wbits=5,bops=0.3x", seed: int = 0) -> Problem:
     return Problem(layers, GROUPS, synthetic_scores(layers, GROUPS, BITS, seed), budget, candidates=BITS)
 
 
-def real_sensitivity_comparison() -> None:
-    """Greedy vs ILP on the built-in model with REAL sensitivities (issue 5's acceptance)."""
-    raise NotImplementedError(
-        "needs sensitivity estimators (the sensitivity issue) to produce Scores for the built-in model; "
-        "then: Problem(builtin inventory, groups, scores, budget) and compare_greedy(problem, budgets)"
-    )
+BUILTIN_BITS = tuple(Bits.parse(b) for b in ("W8A8", "W6A8", "W4A8", "W8A16", "W4A16"))
+BUILTIN_BUDGETS = ("wbits=4.25", "wbits=4.5", "wbits=5", "wbits=6", "wbits=5,bops=0.3x", "size=0.3x")
+TOLERANCE = 1e-6  # the ILP is optimal up to this relative gap, so greedy may beat it by at most that much
+
+
+def builtin_problem() -> Problem:
+    """The built-in UNet with REAL sensitivities: the inventory exactly as a study builds it (one hooked
+    forward on the denoiser's captured first-call inputs, so MACs match the sampler's batch), gradient
+    scores for BUILTIN_BITS over 3 timestep groups on the calibration split."""
+    from search.study import Study, StudySpec
+    from sensitivity.base import get_estimator
+
+    spec = StudySpec(model="builtin", timestep_groups=3, bits=tuple(map(str, BUILTIN_BITS)))
+    t0 = time.perf_counter()
+    study = Study.create("bench-solvers", spec, db="sqlite:///:memory:")  # nothing kept on disk
+    layers = study.layers(progress=lambda _msg: None)
+    t1 = time.perf_counter()
+    scores = get_estimator("gradient", seed=spec.seed, progress=False).estimate(
+        study.workload, layers, BUILTIN_BITS, spec.groups)
+    t2 = time.perf_counter()
+    print(f"\nbuilt-in UNet: {len(layers)} layers x {len(spec.groups)} groups x {len(BUILTIN_BITS)} pairs "
+          f"(backend {spec.backend}); load + inventory {t1 - t0:.1f} s, gradient scores {t2 - t1:.1f} s")
+    return Problem(layers, spec.groups, scores, BUILTIN_BUDGETS[0], backend=spec.backend, candidates=BUILTIN_BITS)
+
+
+def real_sensitivity_comparison(threads: int | None) -> bool:
+    """Greedy vs ILP (HiGHS) on the built-in model with REAL sensitivities (issue 5's acceptance)."""
+    return compare_greedy(builtin_problem(), BUILTIN_BUDGETS, threads, "built-in UNet, gradient scores", "highs")
+
+
+def within_budget(problem: Problem, config: BitConfig) -> tuple[str, list[str]]:
+    """The config's budgeted costs, computed afresh by quant.cost.costs, and the limits it breaks."""
+    c = costs(config, problem.layers, problem.latency, problem.derive_lower)
+    shown = " ".join(f"{lim.metric}={problem.in_user_units(lim.metric, cost_of(c, lim.metric)):.4f}"
+                     f"{'x' if lim.relative else ''}" for lim in problem.budget.limits)
+    return shown, problem.budget.violations(c, problem.reference)
 
 
 def timed(fn, *args, **kw):  # type: ignore[no-untyped-def]
@@ -100,20 +136,37 @@ def compare_sweeps(problem: Problem, points: int, threads: int | None) -> list[f
     return values
 
 
-def compare_greedy(problem: Problem, values: list[float], threads: int | None) -> None:
-    print("\n== greedy vs ILP at equal budgets (predicted objective; lower is better) ==")
-    print(f"{'budget':>22s}{'ilp':>12s}{'greedy':>12s}{'greedy/ilp':>12s}{'greedy s':>10s}")
-    worst = math.inf
-    for v in values:
-        p = problem.replace(budget=f"wbits=5,bops={v}x")
-        ilp_cfg = ilp.solve(p, threads=threads)
-        greedy_cfg, seconds = timed(greedy, p)
-        for cfg in (ilp_cfg, greedy_cfg):
-            p.check(cfg)  # quant.cost.costs within budget (the solvers check too)
+def compare_greedy(problem: Problem, budgets: Sequence[str], threads: int | None, title: str,
+                   backend: str = "auto") -> bool:
+    """ILP vs greedy predicted objective at each budget; every config re-costed with quant.cost.costs.
+    Prints a FAIL line for greedy beating the ILP (beyond TOLERANCE) or any config over its budget."""
+    print(f"\n== greedy vs ILP ({ilp.resolve_backend(backend)}) at equal budgets: {title} "
+          "(predicted objective; lower is better) ==")
+    print(f"{'budget':>20s}{'ilp':>12s}{'greedy':>12s}{'greedy/ilp':>11s}{'ilp s':>7s}{'greedy s':>9s}"
+          "  costs by quant.cost.costs: ilp | greedy")
+    worst, ok = math.inf, True
+    for text in budgets:
+        p = problem.replace(budget=text)
+        ilp_cfg, t_ilp = timed(ilp.solve, p, backend, threads=threads)
+        greedy_cfg, t_greedy = timed(greedy, p)
         a, b = p.predicted(ilp_cfg)["objective"], p.predicted(greedy_cfg)["objective"]
-        worst = min(worst, b / a)
-        print(f"{str(p.budget):>22s}{a:12.5f}{b:12.5f}{b / a:12.4f}{seconds:10.2f}")
-    print(f"ILP never worse than greedy: {worst >= 1 - 1e-6} (min greedy/ilp {worst:.4f}); every config within budget")
+        ratio = b / a if a > 0 else (1.0 if b <= a else math.inf)
+        worst = min(worst, ratio)
+        (ilp_used, ilp_bad), (greedy_used, greedy_bad) = within_budget(p, ilp_cfg), within_budget(p, greedy_cfg)
+        print(f"{text:>20s}{a:12.6g}{b:12.6g}{ratio:11.4f}{t_ilp:7.2f}{t_greedy:9.2f}  {ilp_used} | {greedy_used}")
+        if ratio < 1 - TOLERANCE:
+            ok = False
+            print(f"FAIL: at {text} greedy ({b:.9g}) beats the ILP ({a:.9g}) by more than the {TOLERANCE:g} gap")
+        for name, bad in (("ilp", ilp_bad), ("greedy", greedy_bad)):
+            if bad:
+                ok = False
+                print(f"FAIL: the {name} config at {text} is over budget: {'; '.join(bad)}")
+    if ok:
+        print(f"PASS: ILP never worse than greedy (min greedy/ilp {worst:.4f}, tolerance {TOLERANCE:g}); "
+              "every config within its budget by quant.cost.costs")
+    else:
+        print(f"FAIL: see the FAIL lines above (min greedy/ilp {worst:.4f})")
+    return ok
 
 
 def _linspace(lo: float, hi: float, n: int) -> list[float]:
@@ -125,20 +178,27 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="solver threads (this machine is shared)")
     ap.add_argument("--points", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="3 sweep points, 3 greedy budgets")
+    ap.add_argument("--builtin-only", action="store_true", help="only greedy vs ILP on the built-in model")
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)  # the inventory and the gradient estimator run torch
     points = 3 if args.quick else args.points
     t0 = time.perf_counter()
+    if args.builtin_only:
+        sys.exit(0 if real_sensitivity_comparison(args.threads) else 1)
     problem = sdxl_problem()
     n_x = sum(len(c) for u in problem.units for c in u.candidates)
     print(f"SDXL UNet: {len(problem.layers)} layers x {len(GROUPS)} groups x {len(BITS)} pairs = {n_x} binaries "
           f"(inventory + problem {time.perf_counter() - t0:.1f} s); auto backend = {ilp.resolve_backend('auto')}")
     compare_backends(problem, args.threads)
     values = compare_sweeps(problem, points, args.threads)
-    compare_greedy(problem, values if not args.quick else values[:3], args.threads)
-    try:
-        real_sensitivity_comparison()
-    except NotImplementedError as e:
-        print(f"\nreal sensitivities: skipped ({e})")
+    budgets = [f"wbits=5,bops={v}x" for v in (values if not args.quick else values[:3])]
+    ok = compare_greedy(problem, budgets, args.threads, "SDXL UNet, synthetic scores")
+    ok = real_sensitivity_comparison(args.threads) and ok
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+    if not ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

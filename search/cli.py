@@ -157,3 +157,277 @@ def _si(n: float) -> str:
 
 if __name__ == "__main__":
     app()
+
+
+# ---- studies ---------------------------------------------------------------------------------------
+
+DbOption = Annotated[str | None, typer.Option("--db", help="Database URL or SQLite file (default ./bitsearch.db).")]
+
+
+def _progress(message: str) -> None:
+    typer.echo(f"· {message}", err=True)
+
+
+@app.command()
+def launch(
+    name: Annotated[str, typer.Option("--name", help="Unique study name.")],
+    model: Annotated[str, typer.Option("--model", help="'builtin' or a local diffusers pipeline directory.")] = "builtin",
+    budget: Annotated[list[str] | None, typer.Option("--budget", help="Limit like wbits=4.5, size=0.3x, bops=0.25x "
+                                                     "(repeatable).")] = None,
+    estimators: Annotated[str, typer.Option("--estimators", help="Comma-separated sensitivity estimators.")] = "gradient",
+    solver: Annotated[str, typer.Option("--solver", help="ilp, greedy or optuna.")] = "ilp",
+    timestep_groups: Annotated[int, typer.Option("--timestep-groups", min=1)] = 3,
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Solver proposals to evaluate.")] = 8,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Sampler steps.")] = 20,
+    eval_samples: Annotated[int, typer.Option("--eval-samples", min=1)] = 20,
+    backend: Annotated[str, typer.Option("--backend", help="int8 (real kernels) or fake (simulated).")] = "int8",
+    db: DbOption = None,
+) -> None:
+    """Launch a budget-constrained search and run it to the end (resumable with `bitsearch resume`).
+
+    Example:
+
+        bitsearch launch --name demo --model builtin --budget wbits=4.5 --timestep-groups 3 --trials 8
+    """
+    from quant.config import ConfigError
+    from search.study import Study, StudySpec
+    from storage import StorageError
+
+    try:
+        spec = StudySpec(model=model, budget=tuple(budget or ["wbits=4.5"]),
+                         estimators=tuple(e.strip() for e in estimators.split(",") if e.strip()), solver=solver,
+                         timestep_groups=timestep_groups, num_steps=steps, trials=trials, eval_samples=eval_samples,
+                         backend=backend)
+        _check_names(spec)
+        study = Study.create(name, spec, db)
+    except (ConfigError, ValueError, StorageError) as e:
+        _fail(e)
+    _run(study)
+
+
+@app.command()
+def resume(name: Annotated[str, typer.Argument(help="Study name.")], db: DbOption = None) -> None:
+    """Finish a study that was interrupted: expired leases go back to the queue, nothing runs twice.
+
+    Example:
+
+        bitsearch resume demo
+    """
+    _run(_load(name, db))
+
+
+@app.command("list")
+def list_studies(db: DbOption = None) -> None:
+    """List the studies in the database.
+
+    Example:
+
+        bitsearch list --db sqlite:///runs.db
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "state", "model", "budget", "candidates")
+    st = _storage(db)
+    for info in st.list_studies():
+        counts = st.count_candidates(info.name)
+        table.add_row(info.name, str(getattr(info.state, "value", info.state)), str(info.spec.get("model")),
+                      ",".join(info.spec.get("budget", [])),
+                      " ".join(f"{getattr(k, 'value', k)}={v}" for k, v in counts.items() if v))
+    Console().print(table)
+
+
+@app.command()
+def status(name: Annotated[str, typer.Argument(help="Study name.")], db: DbOption = None) -> None:
+    """Show a study's spec and its candidates by state.
+
+    Example:
+
+        bitsearch status demo
+    """
+    study = _load(name, db)
+    counts = study.storage.count_candidates(name)
+    info = study.storage.get_study(name)
+    typer.echo(f"study {name}: {getattr(info.state, 'value', info.state)}")
+    typer.echo(json.dumps(study.spec.to_dict(), indent=2))
+    typer.echo("candidates: " + (", ".join(f"{getattr(k, 'value', k)}={v}" for k, v in counts.items()) or "none yet"))
+
+
+@app.command()
+def pareto(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    objectives: Annotated[str, typer.Option("--objectives", help="Quality metric and cost, comma-separated.")] =
+    "psnr_db,wbits",
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    plot: Annotated[str | None, typer.Option("--plot", help="Write a PNG plot of all points and the front.")] = None,
+    db: DbOption = None,
+) -> None:
+    """Print the measured Pareto front of a study (quality vs cost).
+
+    Example:
+
+        bitsearch pareto demo --objectives sqnr_db,wbits --format csv --plot front.png
+    """
+    from quant.config import ConfigError
+
+    study = _load(name, db)
+    objs = [o.strip() for o in objectives.split(",") if o.strip()]
+    if fmt not in ("table", "json", "csv"):
+        _fail(f"unknown format {fmt!r}; valid: table, json, csv")
+    try:
+        front = study.pareto(objs)
+    except ConfigError as e:
+        _fail(e)
+    rows = [{"candidate": p.candidate_id, "origin": p.origin, **{o: _value(p, o) for o in objs},
+             "measured": p.measured} for p in front]
+    if fmt == "json":
+        typer.echo(json.dumps(rows, indent=2))
+    elif fmt == "csv":
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["candidate"])
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*(rows[0] if rows else ["candidate"]), title=f"Pareto front of {name} ({', '.join(objs)})")
+        for r in rows:
+            table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()))
+        Console().print(table)
+        if any(not r["measured"] for r in rows):
+            typer.echo("note: rows with measured=False ran simulated layers: numerics simulated, latency estimated")
+    if plot:
+        _plot(study, objs, front, plot)
+        typer.echo(f"plot written to {plot}")
+
+
+@app.command()
+def export(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="File to write (.json or .yaml).")],
+    candidate: Annotated[int | None, typer.Option("--candidate", help="Candidate id (see `bitsearch pareto`).")] = None,
+    best_under: Annotated[str | None, typer.Option("--best-under", help="Best quality with cost under a limit, e.g. "
+                                                   "wbits=4.5.")] = None,
+    quality: Annotated[str, typer.Option("--quality", help="Metric that decides 'best'.")] = "psnr_db",
+    fmt: Annotated[str | None, typer.Option("--format", help="json or yaml (default: from the file suffix).")] = None,
+    db: DbOption = None,
+) -> None:
+    """Export a candidate's bit config (bitsearch's versioned JSON/YAML).
+
+    Example:
+
+        bitsearch export demo --best-under wbits=4.5 -o best.yaml
+    """
+    from pathlib import Path
+
+    from quant.config import BitConfig
+
+    if (candidate is None) == (best_under is None):
+        _fail("give exactly one of --candidate ID or --best-under METRIC=VALUE")
+    study = _load(name, db)
+    points = study.front_points()
+    if candidate is not None:
+        chosen = next((p for p in points if p.candidate_id == candidate), None)
+        if chosen is None:
+            _fail(f"study {name} has no evaluated candidate {candidate}; see `bitsearch pareto {name}`")
+    else:
+        metric, _, limit = (best_under or "").partition("=")
+        try:
+            cap = float(limit)
+        except ValueError:
+            _fail(f"cannot parse --best-under {best_under!r}; write e.g. wbits=4.5")
+        fits = [p for p in points if metric in p.costs and p.costs[metric] <= cap and quality in p.metrics]
+        if not fits:
+            _fail(f"no evaluated candidate has {metric} <= {cap}")
+        chosen = max(fits, key=lambda p: p.metrics[quality])
+    config = BitConfig.from_dict(chosen.config)
+    kind = fmt or ("yaml" if Path(output).suffix in (".yaml", ".yml") else "json")
+    if kind not in ("json", "yaml"):
+        _fail(f"unknown format {kind!r}; valid: json, yaml")
+    Path(output).write_text(config.to_yaml() if kind == "yaml" else config.to_json())
+    typer.echo(f"candidate {chosen.candidate_id} ({chosen.origin}) written to {output}")
+
+
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOption = None) -> None:
+    """Upgrade a database to this bitsearch's schema (back it up first).
+
+    Example:
+
+        bitsearch db upgrade --db sqlite:///bitsearch.db
+    """
+    import storage
+
+    storage.upgrade(db or storage.DEFAULT_URL)
+    typer.echo("database is at the current schema")
+
+
+def _storage(db: str | None) -> Any:
+    from storage import Storage, StorageError
+
+    try:
+        return Storage(db)
+    except StorageError as e:
+        _fail(e)
+
+
+def _load(name: str, db: str | None) -> Any:
+    from quant.config import ConfigError
+    from search.study import Study
+    from storage import StorageError
+
+    try:
+        return Study.load(name, db)
+    except (StorageError, ConfigError) as e:
+        _fail(e)
+
+
+def _check_names(spec: Any) -> None:
+    from sensitivity.base import estimator_names
+    from solvers.base import solver_names
+
+    unknown = [e for e in spec.estimators if e not in estimator_names()]
+    if unknown:
+        raise ValueError(f"unknown estimator {unknown[0]!r}; valid: {', '.join(estimator_names())}")
+    if spec.solver not in solver_names():
+        raise ValueError(f"unknown solver {spec.solver!r}; valid: {', '.join(solver_names())}")
+
+
+def _run(study: Any) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # oversubscribed threads ran 50x slower on this 2-core machine
+    study.run(progress=_progress)
+    typer.echo(f"study {study.name} finished; see `bitsearch pareto {study.name}`")
+
+
+def _value(point: Any, objective: str) -> float:
+    return point.costs[objective] if objective in point.costs else point.metrics[objective]
+
+
+def _plot(study: Any, objs: list[str], front: list[Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    quality, cost = objs[0], objs[-1]
+    pts = study.front_points()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for origin in sorted({p.origin for p in pts}):
+        sel = [p for p in pts if p.origin == origin]
+        ax.scatter([_value(p, cost) for p in sel], [_value(p, quality) for p in sel], label=origin, alpha=0.7)
+    ax.plot([_value(p, cost) for p in front], [_value(p, quality) for p in front], "k--", lw=1, label="Pareto front")
+    ax.set_xlabel(cost)
+    ax.set_ylabel(quality)
+    ax.set_title(f"{study.name}: measured on {study.spec.backend} kernels")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -3,6 +3,7 @@
 Model, for units u (tied layers share one), timestep groups g and candidate pairs p:
     x[u,g,p] in {0,1},  sum_p x[u,g,p] = 1                       one choice per (unit, group)
     min  sum objective[u,g,p] x[u,g,p]                            weighted predicted degradation
+                                                                  (divided by its worst case: O(1))
     wbits, bops, latency:  sum coef[u,g,p] x[u,g,p] <= cap         step-weighted, as quant.cost
     size:   y[u,w] >= sum_{p: p.w = w} x[u,g,p]  for every g;  sum bytes[u,w] y[u,w] <= cap
             (y is a "copy of weight precision w is kept" flag; continuous in [0,1] suffices: with x
@@ -95,8 +96,12 @@ class _Model:
         if p.max_weight_switches is not None and G > 1:
             self._switch_limits(p.max_weight_switches)
         if objective is None:
+            # divided by the worst-case objective (every choice at its most degrading candidate), so
+            # it lies in [0, 1]: real scores are ~1e-5 in total, below solver tolerances otherwise
+            worst = sum(max(row, default=0.0) for unit in p.units for row in unit.objective)
+            s = worst if worst > 0 else 1.0
             self.prob += pulp.LpAffineExpression(
-                [(v, c) for u, unit in enumerate(p.units) for g in range(G)
+                [(v, c / s) for u, unit in enumerate(p.units) for g in range(G)
                  for v, c in zip(self.x[u][g], unit.objective[g], strict=True) if c]
             )
         else:
@@ -205,11 +210,14 @@ class _Model:
         self.last_args = (backend, gap, threads, time_limit, warm_start)
 
         backend = resolve_backend(backend)
+        # gapAbs=0: stop on the relative gap only. Both solvers also stop on an ABSOLUTE gap (HiGHS
+        # mip_abs_gap defaults to 1e-6, CBC's allowableGap to 1e-10), which on a small objective
+        # ends the search far from the relative gap asked for
         if backend == "cbc":
-            solver = pulp.PULP_CBC_CMD(msg=False, gapRel=gap, threads=threads, timeLimit=time_limit,
+            solver = pulp.PULP_CBC_CMD(msg=False, gapRel=gap, gapAbs=0.0, threads=threads, timeLimit=time_limit,
                                        warmStart=warm_start)
         else:
-            solver = _highs_class()(msg=False, gapRel=gap, threads=threads, timeLimit=time_limit,
+            solver = _highs_class()(msg=False, gapRel=gap, gapAbs=0.0, threads=threads, timeLimit=time_limit,
                                     warm_start=warm_start)
         self.prob.solve(solver)
         return pulp.LpStatus[self.prob.status] == "Optimal" and all(

@@ -41,8 +41,10 @@ def ssim(reference: torch.Tensor, test: torch.Tensor, data_range: float = 1.0) -
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     kernel = 7 if min(reference.shape[-2:]) < 32 else 11
-    return float(structural_similarity_index_measure(test.double(), reference.double(), data_range=data_range,
-                                                     kernel_size=kernel))
+    value = structural_similarity_index_measure(test.double(), reference.double(), data_range=data_range,
+                                                kernel_size=kernel)
+    assert isinstance(value, torch.Tensor)  # a tuple only with return_full_image=True
+    return float(value)
 
 
 def fidelity(reference: Generation, test: Generation) -> dict[str, float]:

@@ -1,0 +1,315 @@
+"""A Study: calibrate -> sensitivities -> solver proposals -> real quantized evaluations -> Pareto front.
+
+Everything a study computes goes through `storage.Storage` (the single source of truth), so a
+study resumes where it stopped: the inventory, activation ranges and sensitivity scores are cached
+in the database, candidates are added idempotently by content hash, and evaluations claim
+candidates atomically with a lease, so no candidate is evaluated twice and none is lost.
+
+    study = Study.create("demo", StudySpec(model="builtin", budget=("wbits=4.5",)))
+    study.run()
+    for point in study.pareto(): ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from quant.budget import Budget
+from quant.config import BitConfig, Bits, ConfigError, TimestepGroups
+
+SPEC_VERSION = 1
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """What a study searches; stored as versioned JSON with the study."""
+
+    model: str = "builtin"
+    budget: tuple[str, ...] = ("wbits=4.5",)
+    estimators: tuple[str, ...] = ("gradient",)
+    solver: str = "ilp"
+    timestep_groups: int = 3
+    num_steps: int = 20
+    trials: int = 8
+    bits: tuple[str, ...] = ("W8A8", "W6A8", "W4A8", "W8A16", "W4A16")
+    backend: str = "int8"
+    eval_samples: int = 20
+    calibration_samples: int = 10
+    seed: int = 0
+    baselines: tuple[str, ...] = ("W8A8", "W4A8")
+
+    def __post_init__(self) -> None:
+        Budget.parse(list(self.budget))  # raises a clear error on a malformed budget
+        for b in (*self.bits, *self.baselines):
+            Bits.parse(b)
+        if not 1 <= self.timestep_groups <= self.num_steps:
+            raise ConfigError(f"timestep_groups must be between 1 and num_steps ({self.num_steps})")
+        if self.trials < 1 or self.eval_samples < 1 or self.calibration_samples < 1:
+            raise ConfigError("trials, eval_samples and calibration_samples must be >= 1")
+
+    @property
+    def groups(self) -> TimestepGroups:
+        return TimestepGroups.uniform(self.num_steps, self.timestep_groups)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": SPEC_VERSION, **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StudySpec:
+        if d.get("version") != SPEC_VERSION:
+            raise ConfigError(f"study spec version {d.get('version')} is not supported (expected {SPEC_VERSION})")
+        names = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class FrontPoint:
+    candidate_id: int
+    origin: str
+    metrics: dict[str, float]
+    costs: dict[str, float]
+    measured: bool
+    config: dict[str, Any] = field(repr=False)
+
+
+class Study:
+    def __init__(self, name: str, spec: StudySpec, storage: Any) -> None:
+        self.name, self.spec, self.storage = name, spec, storage
+        self._workload: Any = None
+        self._layers: list[Any] | None = None
+
+    # ---- create / load ------------------------------------------------------------------------
+    @classmethod
+    def create(cls, name: str, spec: StudySpec, db: str | None = None) -> Study:
+        """A new study; the model is loaded first, so a bad model writes nothing to the database."""
+        from storage import Storage
+        from workloads.base import load_workload
+
+        workload = load_workload(spec.model, num_steps=spec.num_steps)
+        st = Storage(db)
+        st.create_study(name, spec.to_dict())
+        study = cls(name, spec, st)
+        study._workload = workload
+        return study
+
+    @classmethod
+    def load(cls, name: str, db: str | None = None) -> Study:
+        from storage import Storage
+
+        st = Storage(db, create=False) if db is None or "://" in str(db) or os.path.exists(str(db)) else None
+        if st is None:
+            raise ConfigError(f"no database at {db}; launch a study first or pass --db")
+        info = st.get_study(name)
+        return cls(name, StudySpec.from_dict(info.spec), st)
+
+    # ---- the pipeline -------------------------------------------------------------------------
+    def run(self, progress: Progress = print, max_seconds: float | None = None) -> None:
+        """Run (or resume) every stage; each stage skips work already in the database."""
+        from storage import StudyState
+
+        self.storage.set_study_state(self.name, StudyState.RUNNING)
+        layers = self.layers(progress)
+        ranges = self.activation_ranges(progress)
+        scores = self.sensitivities(layers, progress)
+        self.propose(layers, scores, progress)
+        self.evaluate(ranges, progress, max_seconds)
+        self.storage.set_study_state(self.name, StudyState.COMPLETE if self._done() else StudyState.RUNNING)
+
+    @property
+    def workload(self) -> Any:
+        if self._workload is None:
+            from workloads.base import load_workload
+
+            self._workload = load_workload(self.spec.model, num_steps=self.spec.num_steps)
+        return self._workload
+
+    def layers(self, progress: Progress = print) -> list[Any]:
+        from quant.layers import Layer, inventory
+
+        if self._layers is None:
+            stored = self.storage.get_layers(self.name)
+            if not stored:
+                progress("inventory: one forward with hooks")
+                found = inventory(self.workload.denoiser, self._example_inputs())
+                self.storage.add_layers(self.name, [asdict(layer) for layer in found])
+                stored = self.storage.get_layers(self.name)
+            self._layers = [Layer(d["fqn"], d["kind"], tuple(d["weight_shape"]), d["params"], d["macs"])
+                            for d in stored]
+        return self._layers
+
+    def _example_inputs(self) -> dict[str, Any]:
+        """The denoiser's keyword inputs of its first real call (so MACs match the sampler's batch)."""
+        captured: dict[str, Any] = {}
+
+        def grab(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if not captured:
+                captured.update(kwargs)
+                captured["__args__"] = args
+                raise _Captured
+
+        handle = self.workload.denoiser.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            self.workload.generate(self.workload.batch(1, split="calibration"))
+        except _Captured:
+            pass
+        finally:
+            handle.remove()
+        args = captured.pop("__args__")
+        names = ["sample", "timestep"]  # diffusers denoisers take (sample, timestep, ...) positionally
+        if "hidden_states" in captured or type(self.workload.denoiser).__name__.endswith("Transformer2DModel"):
+            names = ["hidden_states", "timestep"]
+        return {**dict(zip(names, args, strict=False)), **captured}
+
+    def activation_ranges(self, progress: Progress = print) -> Any:
+        from quant.calibrate import ActivationRanges, calibrate_activations
+
+        cached = self.storage.list_artifacts(self.name, kind="activation_ranges")
+        if cached:
+            data = self.storage.get_artifact(cached[0].id).data
+            return ActivationRanges.from_dict(json.loads(data))
+        progress(f"calibration: {self.spec.calibration_samples} images x {self.spec.num_steps} steps")
+        wl = self.workload
+        ranges = calibrate_activations(wl.denoiser, self.spec.groups,
+                                       wl.calibration_run(wl.batch(self.spec.calibration_samples, "calibration")))
+        self.storage.put_artifact(self.name, "activation_ranges", "ranges.json",
+                                  data=json.dumps(ranges.to_dict()).encode(), media_type="application/json")
+        return ranges
+
+    def sensitivities(self, layers: Sequence[Any], progress: Progress = print) -> list[Any]:
+        from quant.scores import Scores
+        from sensitivity.base import get_estimator
+
+        out: list[Scores] = []
+        for name in self.spec.estimators:
+            estimator = get_estimator(name, seed=self.spec.seed)
+            sets = {s["metric"] for s in self.storage.list_score_sets(self.name) if s["estimator"] == name}
+            if sets:
+                out.extend(Scores.from_dict(self.storage.get_scores(self.name, name, m)) for m in sorted(sets))
+                continue
+            progress(f"sensitivity: {name} over {len(layers)} layers x {self.spec.timestep_groups} groups")
+            scores = estimator.estimate(self.workload, list(layers), list(self.spec.bits), self.spec.groups)
+            self.storage.put_scores(self.name, scores.to_dict())
+            out.append(scores)
+        return out
+
+    def propose(self, layers: Sequence[Any], scores: Sequence[Any], progress: Progress = print) -> None:
+        """Solver proposals (a budget sweep around the target) and uniform baselines, added once."""
+        from solvers.base import get_solver
+        from solvers.problem import Problem
+
+        if self.storage.list_candidates(self.name):
+            return
+        budget = Budget.parse(list(self.spec.budget))
+        problem = Problem(list(layers), self.spec.groups, list(scores), budget, backend=self.spec.backend,
+                          candidates=list(self.spec.bits))
+        first = budget.limits[0]
+        lo, hi = 0.9 * first.value, first.value  # the front just under the target budget
+        values = [lo + (hi - lo) * i / max(1, self.spec.trials - 1) for i in range(self.spec.trials)]
+        progress(f"solver: {self.spec.solver} sweep of {first.metric} over {values[0]:.3g}..{values[-1]:.3g}")
+        solver = get_solver(self.spec.solver, sweep=values) if self.spec.solver == "ilp" else get_solver(self.spec.solver)
+        configs = solver.solve(problem)
+        self.storage.add_candidates(self.name, [c.to_dict() for c in configs], self.spec.solver)
+        uniform = [BitConfig.uniform(self.spec.groups, b).to_dict() for b in self.spec.baselines]
+        self.storage.add_candidates(self.name, uniform, "uniform")
+
+    def evaluate(self, ranges: Any, progress: Progress = print, max_seconds: float | None = None) -> int:
+        """Claim and evaluate candidates until none is waiting; returns how many this call evaluated."""
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.storage.reclaim_expired(self.name, lease_timeout_s=600, max_attempts=3)
+        start, done = time.monotonic(), 0
+        reference = None
+        while max_seconds is None or time.monotonic() - start < max_seconds:
+            cand = self.storage.claim(self.name, owner)
+            if cand is None:
+                break
+            if reference is None:
+                reference = self._reference()
+            progress(f"evaluate candidate {cand.id} ({_origin(cand.origin)})")
+            self._evaluate_one(cand, owner, ranges, reference)
+            done += 1
+        return done
+
+    def _reference(self) -> tuple[Any, Any]:
+        batch = self.workload.batch(self.spec.eval_samples)
+        return batch, self.workload.generate(batch, record_steps=True)
+
+    def _evaluate_one(self, cand: Any, owner: str, ranges: Any, reference: tuple[Any, Any]) -> None:
+        from quant.apply import VerificationError, quantized
+
+        batch, ref = reference
+        try:
+            config = BitConfig.from_dict(cand.config)
+            with quantized(self.workload.denoiser, config, self.spec.backend, ranges) as qm:
+                t0 = time.thread_time()
+                test = self.workload.generate(batch, on_step=qm.set_step, record_steps=True)
+                seconds = time.thread_time() - t0
+                labels = dict(qm.label_counts())
+                simulated = qm.simulated
+        except VerificationError as e:
+            self.storage.invalid(cand.id, f"verification failed: {e}", owner=owner)
+            return
+        except (ConfigError, ValueError, RuntimeError) as e:
+            self.storage.fail(cand.id, f"{type(e).__name__}: {e}", owner=owner)
+            return
+        metrics = {**self.workload.quality(ref, test), **self.workload.alignment(batch, test)}
+        self.storage.complete(cand.id, owner, metrics=metrics, backend=self.spec.backend, machine=socket.gethostname(),
+                              run_labels=labels, latency_s=seconds / self.spec.num_steps, measured=not simulated,
+                              duration_s=seconds)
+
+    def _done(self) -> bool:
+        from storage import CandidateState
+
+        counts = self.storage.count_candidates(self.name)
+        return not counts.get(CandidateState.WAITING) and not counts.get(CandidateState.RUNNING)
+
+    # ---- queries --------------------------------------------------------------------------------
+    def front_points(self) -> list[FrontPoint]:
+        """Every completed evaluation with its costs (finite metrics only: NaN never reaches the front)."""
+        from quant.cost import costs
+
+        layers = self.layers()
+        points = []
+        for ev in self.storage.list_evaluations(self.name):
+            c = costs(BitConfig.from_dict(ev.config), layers)
+            points.append(FrontPoint(ev.candidate_id, _origin(ev.origin),
+                                     dict(ev.metrics), {"wbits": c.avg_weight_bits, "size_mb": c.weight_bytes / 1e6,
+                                                        "bops_g": c.bops / 1e9}, ev.measured, ev.config))
+        return points
+
+    def pareto(self, objectives: Sequence[str] = ("psnr_db", "wbits")) -> list[FrontPoint]:
+        """Non-dominated points: metrics ending in _db, ssim, accuracy and scores are maximised, costs minimised."""
+        from solvers.pareto import non_dominated
+
+        points = self.front_points()
+        rows = [[_minimised(p, o) for o in objectives] for p in points]
+        keep = non_dominated(rows) if rows else []
+        return sorted((points[i] for i in keep), key=lambda p: _minimised(p, objectives[-1]))
+
+
+class _Captured(Exception):
+    """Stops the first denoiser call once its inputs are captured."""
+
+
+def _origin(origin: Any) -> str:
+    return str(getattr(origin, "value", origin))
+
+
+MAXIMISED = ("psnr_db", "sqnr_db", "ssim", "prompt_accuracy", "clip_score")
+
+
+def _minimised(point: FrontPoint, objective: str) -> float:
+    if objective in point.costs:
+        return point.costs[objective]
+    if objective not in point.metrics:
+        raise ConfigError(f"unknown objective {objective!r}; valid: {', '.join([*point.metrics, *point.costs])}")
+    value = point.metrics[objective]
+    return -value if objective in MAXIMISED else value

@@ -1,0 +1,78 @@
+"""A real study end to end on the built-in model (small settings), through the API and the CLI."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from quant.config import BitConfig, ConfigError
+from quant.cost import costs
+from search.cli import app
+from search.study import Study, StudySpec
+from storage import CandidateState
+
+SPEC = StudySpec(budget=("wbits=4.5",), timestep_groups=2, num_steps=8, trials=3, eval_samples=4,
+                 calibration_samples=2, baselines=("W8A8",))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):  # type: ignore[no-untyped-def]
+    import torch
+
+    torch.set_num_threads(1)
+    db = str(tmp_path_factory.mktemp("db") / "s.db")
+    s = Study.create("t", SPEC, db)
+    layers = s.layers(lambda m: None)
+    ranges = s.activation_ranges(lambda m: None)
+    s.propose(layers, s.sensitivities(layers, lambda m: None), lambda m: None)
+    assert s.evaluate(ranges, lambda m: None, max_seconds=0.0) == 0  # stop before any evaluation
+    resumed = Study.load("t", db)  # a new coordinator picks up the stored study
+    resumed.run(progress=lambda m: None)
+    return resumed
+
+
+def test_every_candidate_evaluated_exactly_once(study) -> None:
+    cands = study.storage.list_candidates("t")
+    assert cands and all(c.state == CandidateState.COMPLETE for c in cands)
+    evals = study.storage.list_evaluations("t")
+    assert sorted(e.candidate_id for e in evals) == sorted(c.id for c in cands)
+    assert all(e.measured and e.run_labels.get("simulated", 0) == 0 for e in evals)  # real int8 kernels
+
+
+def test_solver_proposals_respect_the_budget_and_front_is_non_dominated(study) -> None:
+    layers = study.layers()
+    points = study.front_points()
+    for p in points:
+        if p.origin == "ilp":
+            assert costs(BitConfig.from_dict(p.config), layers).avg_weight_bits <= 4.5 + 1e-9
+    front = study.pareto(("psnr_db", "wbits"))
+    for a in front:
+        assert not any(b.metrics["psnr_db"] > a.metrics["psnr_db"] and b.costs["wbits"] <= a.costs["wbits"]
+                       for b in points)
+
+
+def test_cli_pareto_export_and_errors(study, tmp_path) -> None:
+    db = str(study.storage.url)
+    runner = CliRunner()
+    out = runner.invoke(app, ["pareto", "t", "--db", db, "--format", "json"])
+    assert out.exit_code == 0, out.output
+    path = tmp_path / "best.json"
+    out = runner.invoke(app, ["export", "t", "--db", db, "--best-under", "wbits=4.5", "-o", str(path)])
+    assert out.exit_code == 0, out.output
+    assert BitConfig.load(path).groups.num_steps == 8
+    for args, msg in [(["status", "nope", "--db", db], "no study named 'nope'"),
+                      (["launch", "--name", "x", "--budget", "wbits=abc", "--db", db], "cannot parse budget"),
+                      (["launch", "--name", "t", "--db", db], "already exists"),
+                      (["launch", "--name", "y", "--estimators", "magic", "--db", db], "unknown estimator 'magic'"),
+                      (["launch", "--name", "z", "--model", str(tmp_path / "none"), "--db", db], "neither a workload"),
+                      (["export", "t", "--db", db, "-o", str(tmp_path / "x.json")], "exactly one of")]:
+        out = runner.invoke(app, args)
+        assert out.exit_code == 2 and msg in out.output, (args, out.output)
+    assert not (tmp_path / "x.json").exists()
+    assert [s.name for s in study.storage.list_studies()] == ["t"]  # failed launches wrote nothing
+
+
+def test_spec_validation() -> None:
+    with pytest.raises(ConfigError, match="timestep_groups"):
+        StudySpec(timestep_groups=30, num_steps=20)
+    assert StudySpec.from_dict(SPEC.to_dict()) == SPEC
