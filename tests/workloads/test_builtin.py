@@ -137,3 +137,8 @@ def test_hf_clip_score_with_a_local_clip_directory(tmp_path):
     images = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     score = metrics.hf_clip_score(images, ["a handwritten seven", "the digit 3"], tmp_path)
     assert 0.0 <= score <= 100.0
+    from workloads.builtin.workload import BuiltinWorkload
+
+    wl = BuiltinWorkload(num_steps=2, clip_model=str(tmp_path))
+    batch = wl.batch(2)
+    assert 0.0 <= wl.alignment(batch, wl.generate(batch))["clip_score_real"] <= 100.0

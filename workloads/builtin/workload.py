@@ -13,7 +13,7 @@ import torch
 from workloads.base import Batch, Generation, OnStep, Workload, register, split_batch
 
 from .metric_models import load_classifier, load_clip
-from .metrics import clip_score, frechet_classifier_distance, prompt_accuracy, real_images
+from .metrics import clip_score, frechet_classifier_distance, hf_clip_score, prompt_accuracy, real_images
 from .model import load_builtin
 from .sampling import generate
 from .text import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, digit_forms, prompt_table
@@ -26,7 +26,9 @@ class BuiltinWorkload(Workload):
     name = "builtin"
 
     def __init__(self, kind: str = "unet", num_steps: int = 20, guidance_scale: float | None = None,
-                 base_seed: int = 0) -> None:
+                 base_seed: int = 0, clip_model: str | None = None) -> None:
+        """`clip_model`: a LOCAL directory of a real CLIP model (transformers format); when given,
+        alignment also reports the real CLIP score next to the shipped CLIP-style one."""
         if kind not in KINDS:
             raise ValueError(f"unknown built-in model {kind!r}; valid: {', '.join(KINDS)}")
         if num_steps < 1:
@@ -37,6 +39,7 @@ class BuiltinWorkload(Workload):
         self.num_steps = num_steps
         self.guidance_scale = guidance_scale
         self.base_seed = base_seed
+        self.clip_model = clip_model
         self.prompts = {
             "eval": _cycle_digits(HELDOUT_TEMPLATES),
             "calibration": _cycle_digits(TRAIN_TEMPLATES),
@@ -64,10 +67,13 @@ class BuiltinWorkload(Workload):
 
     def alignment(self, batch: Batch, test: Generation) -> dict[str, float]:
         """Share of images the independent classifier reads as the prompted digit, and CLIP-style score."""
-        return {
+        out = {
             "prompt_accuracy": prompt_accuracy(test.images, self.digits(batch), self._metric("classifier")),
             "clip_score": clip_score(test.images, batch.prompts, self._metric("clip")),
         }
+        if self.clip_model is not None:
+            out["clip_score_real"] = hf_clip_score(test.images, batch.prompts, self.clip_model)
+        return out
 
     def distribution(self, test: Generation, offset: int = 0) -> dict[str, float]:
         """Fréchet distance on the classifier's features (FCD) against as many real test digits."""
