@@ -93,7 +93,7 @@ def hf_clip_score(images: torch.Tensor, prompts: Sequence[str], model_path: str 
     model = CLIPModel.from_pretrained(str(model_path), local_files_only=True).eval()
     proc = CLIPProcessor.from_pretrained(str(model_path), local_files_only=True)
     rgb = [(im.expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).astype(np.uint8) for im in images.float()]
-    batch = proc(text=list(prompts), images=rgb, return_tensors="pt", padding=True)
+    batch = proc(text=list(prompts), images=rgb, return_tensors="pt", padding=True, truncation=True)
     out = model(**batch)
     cos = F.cosine_similarity(out.image_embeds, out.text_embeds, dim=-1)
     return float((100 * cos.clamp(min=0)).mean().item())
