@@ -3,7 +3,7 @@
 Model, for units u (tied layers share one), timestep groups g and candidate pairs p:
     x[u,g,p] in {0,1},  sum_p x[u,g,p] = 1                       one choice per (unit, group)
     min  sum objective[u,g,p] x[u,g,p]                            weighted predicted degradation
-                                                                  (divided by its worst case: O(1))
+                                                                  (scaled to >= 1: _objective_scale)
     wbits, bops, latency:  sum coef[u,g,p] x[u,g,p] <= cap         step-weighted, as quant.cost
     size:   y[u,w] >= sum_{p: p.w = w} x[u,g,p]  for every g;  sum bytes[u,w] y[u,w] <= cap
             (y is a "copy of weight precision w is kept" flag; continuous in [0,1] suffices: with x
@@ -37,6 +37,7 @@ from solvers.problem import InfeasibleBudget, Plan, Problem
 
 BACKENDS = ("auto", "highs", "cbc")
 DEFAULT_GAP = 1e-6  # relative MIP gap: "optimal" up to one part in a million
+HIGHS_FEASIBILITY_TOLERANCE = 1e-9  # HiGHS's default 1e-6 lets budget rows run over (see _highs_class)
 _DEG = "max_degradation."  # constraint-name prefix of predicted-degradation caps
 
 
@@ -96,10 +97,7 @@ class _Model:
         if p.max_weight_switches is not None and G > 1:
             self._switch_limits(p.max_weight_switches)
         if objective is None:
-            # divided by the worst-case objective (every choice at its most degrading candidate), so
-            # it lies in [0, 1]: real scores are ~1e-5 in total, below solver tolerances otherwise
-            worst = sum(max(row, default=0.0) for unit in p.units for row in unit.objective)
-            s = worst if worst > 0 else 1.0
+            s = self.objective_scale = _objective_scale(p)
             self.prob += pulp.LpAffineExpression(
                 [(v, c / s) for u, unit in enumerate(p.units) for g in range(G)
                  for v, c in zip(self.x[u][g], unit.objective[g], strict=True) if c]
@@ -230,6 +228,21 @@ class _Model:
                 for xs, unit in zip(self.x, self.problem.units, strict=True)]
 
 
+def _objective_scale(problem: Problem) -> float:
+    """What the objective row is divided by: the smallest objective any config can reach (every
+    choice at its least degrading candidate), so the solver's objective is >= 1 at every budget.
+
+    A relative MIP gap is not enough on its own: HiGHS also prunes every node whose bound is within
+    an ABSOLUTE mip_feasibility_tolerance (1e-6) of the incumbent, whatever mip_rel_gap says, and real
+    sensitivity scores sum to ~1e-5, so unscaled it stopped ~1e-4 (relative) from the optimum and
+    greedy beat it. Floored at 1e-9 of the worst case (all-zero minima, e.g. clipped scores), which
+    bounds the coefficients by 1e9."""
+    rows = [row for unit in problem.units for row in unit.objective if row]
+    best = sum(min(row) for row in rows)
+    worst = sum(max(row) for row in rows)
+    return max(best, worst * 1e-9) if worst > 0 else 1.0
+
+
 @functools.cache
 def _highs_class() -> type:
     """pulp's HiGHS interface, plus warm start (pulp 3.3 has none for HiGHS): hand the variables'
@@ -238,6 +251,13 @@ def _highs_class() -> type:
 
     class WarmHiGHS(pulp.HiGHS):
         def __init__(self, warm_start: bool = False, **kw: Any) -> None:
+            # HiGHS accepts rows up to 1e-6 over (absolute, on rows scaled to caps ~0.3): quant.cost then
+            # finds the budget exceeded by a few 1e-6, _extract tightens the row and re-solves, and the
+            # result is the optimum of a TIGHTER budget (seen as 5e-6 relative objective loss on SDXL,
+            # and as warm and cold sweeps disagreeing by far more than the MIP gap). At 1e-9 a retry,
+            # if any, tightens by ~1e-9: no measurable loss (and no slower on SDXL).
+            for option in ("mip_feasibility_tolerance", "primal_feasibility_tolerance"):
+                kw.setdefault(option, HIGHS_FEASIBILITY_TOLERANCE)
             super().__init__(**kw)
             self.warm_start = warm_start
 

@@ -46,6 +46,22 @@ def test_optimal_matches_brute_force(budget: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["cbc", "highs"])
+@pytest.mark.parametrize("budget", ["wbits=5", "wbits=6,bops=0.22x", "size=0.28x"])
+def test_tiny_scores_are_rescaled(layers: list[Layer], scores: Scores, backend: str, budget: str) -> None:
+    """Real sensitivities sum to ~1e-5, but solvers prune within an ABSOLUTE tolerance (HiGHS: 1e-6)
+    whatever the relative gap: the objective the solver sees must be >= 1 at any score magnitude."""
+    import pulp
+
+    tiny = Scores(scores.estimator, scores.metric, scores.groups, {k: v * 1e-8 for k, v in scores.values.items()})
+    p, q = make(layers, scores, budget), make(layers, tiny, budget)
+    model = ilp._Model(q)
+    assert model.solve(backend, ilp.DEFAULT_GAP, T, None)
+    assert pulp.value(model.prob.objective) >= 1 - 1e-9
+    best = p.predicted(ilp.solve(p, backend, threads=T))["objective"]
+    assert q.predicted(ilp.solve(q, backend, threads=T))["objective"] == pytest.approx(best * 1e-8, rel=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["cbc", "highs"])
 @pytest.mark.parametrize("budget", ["wbits=5", "bops=0.2x", "size=0.28x", "memory=0.3x", "wbits=6,bops=0.22x"])
 def test_every_budget_is_met_by_quant_costs(layers: list[Layer], scores: Scores, backend: str, budget: str) -> None:
     p = make(layers, scores, budget)
