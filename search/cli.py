@@ -155,10 +155,6 @@ def _si(n: float) -> str:
     return f"{n:.0f}"
 
 
-if __name__ == "__main__":
-    app()
-
-
 # ---- studies ---------------------------------------------------------------------------------------
 
 DbOption = Annotated[str | None, typer.Option("--db", help="Database URL or SQLite file (default ./bitsearch.db).")]
@@ -166,6 +162,38 @@ DbOption = Annotated[str | None, typer.Option("--db", help="Database URL or SQLi
 
 def _progress(message: str) -> None:
     typer.echo(f"· {message}", err=True)
+
+
+# Execution options (launch and resume): how evaluations run, not what is searched, so they are not
+# part of the stored study spec and `resume` may choose them afresh.
+ExecutorOption = Annotated[str | None, typer.Option("--executor", help="local (in this process) or ray "
+                                                    "(default: ray when --workers > 1, else local).")]
+WorkersOption = Annotated[int, typer.Option("--workers", min=1, help="Ray workers; each loads the model once.")]
+ThreadsOption = Annotated[int, typer.Option("--threads-per-worker", min=1, help="torch/OpenMP threads per worker "
+                                            "(oversubscribing cores is many times slower).")]
+RayAddressOption = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join (implies --executor "
+                                                      "ray; use a PostgreSQL --db then). Default: a local Ray.")]
+HeartbeatOption = Annotated[float, typer.Option("--heartbeat-timeout", min=0.1, help="Seconds without a heartbeat "
+                                                "after which a worker's candidate goes back to the queue.")]
+MaxSecondsOption = Annotated[float | None, typer.Option("--max-seconds", min=0, help="Wall-clock budget for the "
+                                                        "evaluations; resume continues later.")]
+
+
+def _executor(executor: str | None, workers: int, threads: int, address: str | None, heartbeat: float) -> Any:
+    """The executor the options ask for; a contradiction is a usage error."""
+    from search.executors import executor_names, get_executor
+
+    name = executor or ("ray" if workers > 1 or address else "local")
+    if name not in executor_names():
+        _fail(f"unknown executor {name!r}; valid: {', '.join(executor_names())}")
+    if name == "local":
+        if workers > 1:
+            _fail("the local executor runs one worker; use --executor ray for --workers > 1")
+        if address:
+            _fail("--ray-address needs --executor ray")
+        return get_executor("local", threads_per_worker=threads, lease_timeout_s=heartbeat)
+    return get_executor(name, workers=workers, threads_per_worker=threads, address=address,
+                        lease_timeout_s=heartbeat)
 
 
 @app.command()
@@ -182,12 +210,20 @@ def launch(
     eval_samples: Annotated[int, typer.Option("--eval-samples", min=1)] = 20,
     backend: Annotated[str, typer.Option("--backend", help="int8 (real kernels) or fake (simulated).")] = "int8",
     db: DbOption = None,
+    executor: ExecutorOption = None,
+    workers: WorkersOption = 1,
+    threads_per_worker: ThreadsOption = 1,
+    ray_address: RayAddressOption = None,
+    heartbeat_timeout: HeartbeatOption = 60.0,
+    max_seconds: MaxSecondsOption = None,
 ) -> None:
     """Launch a budget-constrained search and run it to the end (resumable with `bitsearch resume`).
 
     Example:
 
         bitsearch launch --name demo --model builtin --budget wbits=4.5 --timestep-groups 3 --trials 8
+
+        bitsearch launch --name demo2 --workers 2 --threads-per-worker 1   # two Ray workers
     """
     from quant.config import ConfigError
     from search.study import Study, StudySpec
@@ -199,21 +235,37 @@ def launch(
                          timestep_groups=timestep_groups, num_steps=steps, trials=trials, eval_samples=eval_samples,
                          backend=backend)
         _check_names(spec)
+        runner = _executor(executor, workers, threads_per_worker, ray_address, heartbeat_timeout)
         study = Study.create(name, spec, db)
     except (ConfigError, ValueError, StorageError) as e:
         _fail(e)
-    _run(study)
+    _run(study, runner, threads_per_worker, max_seconds)
 
 
 @app.command()
-def resume(name: Annotated[str, typer.Argument(help="Study name.")], db: DbOption = None) -> None:
+def resume(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    db: DbOption = None,
+    executor: ExecutorOption = None,
+    workers: WorkersOption = 1,
+    threads_per_worker: ThreadsOption = 1,
+    ray_address: RayAddressOption = None,
+    heartbeat_timeout: HeartbeatOption = 60.0,
+    max_seconds: MaxSecondsOption = None,
+) -> None:
     """Finish a study that was interrupted: expired leases go back to the queue, nothing runs twice.
+
+    A candidate that was being evaluated when the coordinator died is retried once its lease expires
+    (--heartbeat-timeout seconds after the last heartbeat). Executor options may differ from launch.
 
     Example:
 
         bitsearch resume demo
+
+        bitsearch resume demo --workers 2 --heartbeat-timeout 10
     """
-    _run(_load(name, db))
+    runner = _executor(executor, workers, threads_per_worker, ray_address, heartbeat_timeout)
+    _run(_load(name, db), runner, threads_per_worker, max_seconds)
 
 
 @app.command("list")
@@ -311,14 +363,20 @@ def export(
     best_under: Annotated[str | None, typer.Option("--best-under", help="Best quality with cost under a limit, e.g. "
                                                    "wbits=4.5.")] = None,
     quality: Annotated[str, typer.Option("--quality", help="Metric that decides 'best'.")] = "psnr_db",
-    fmt: Annotated[str | None, typer.Option("--format", help="json or yaml (default: from the file suffix).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="json, yaml, mixdq, torchao, modelopt or step-policy "
+                                            "(default: json or yaml from the file suffix).")] = None,
+    group: Annotated[int | None, typer.Option("--group", help="Timestep group to export to formats with one "
+                                              "bit-width per layer (mixdq, torchao, modelopt).")] = None,
     db: DbOption = None,
 ) -> None:
-    """Export a candidate's bit config (bitsearch's versioned JSON/YAML).
+    """Export a candidate's bit config: bitsearch's versioned JSON/YAML, MixDQ YAML (weights to FILE,
+    activations to FILE_act), a torchao snippet, a ModelOpt quant_cfg, or a per-step policy.
 
     Example:
 
         bitsearch export demo --best-under wbits=4.5 -o best.yaml
+
+        bitsearch export demo --candidate 3 --format torchao --group 0 -o quantize_unet.py
     """
     from pathlib import Path
 
@@ -344,10 +402,8 @@ def export(
         chosen = max(fits, key=lambda p: p.metrics[quality])
     config = BitConfig.from_dict(chosen.config)
     kind = fmt or ("yaml" if Path(output).suffix in (".yaml", ".yml") else "json")
-    if kind not in ("json", "yaml"):
-        _fail(f"unknown format {kind!r}; valid: json, yaml")
-    Path(output).write_text(config.to_yaml() if kind == "yaml" else config.to_json())
-    typer.echo(f"candidate {chosen.candidate_id} ({chosen.origin}) written to {output}")
+    written = _write_export(study, config, kind, output, group)
+    typer.echo(f"candidate {chosen.candidate_id} ({chosen.origin}) written to {', '.join(written)}")
 
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -399,12 +455,15 @@ def _check_names(spec: Any) -> None:
         raise ValueError(f"unknown solver {spec.solver!r}; valid: {', '.join(solver_names())}")
 
 
-def _run(study: Any) -> None:
-    import torch
+def _run(study: Any, executor: Any, threads: int, max_seconds: float | None) -> None:
+    from search.executors import pin_threads
 
-    torch.set_num_threads(1)  # oversubscribed threads ran 50x slower on this 2-core machine
-    study.run(progress=_progress)
-    typer.echo(f"study {study.name} finished; see `bitsearch pareto {study.name}`")
+    pin_threads(threads)  # the coordinator's own stages too: oversubscribed threads ran 50x slower here
+    study.run(progress=_progress, max_seconds=max_seconds, executor=executor)
+    if study.storage.get_study(study.name).state.value == "COMPLETE":
+        typer.echo(f"study {study.name} finished; see `bitsearch pareto {study.name}`")
+    else:
+        typer.echo(f"study {study.name} stopped with candidates left; continue with `bitsearch resume {study.name}`")
 
 
 def _value(point: Any, objective: str) -> float:
@@ -431,3 +490,72 @@ def _plot(study: Any, objs: list[str], front: list[Any], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ---- exports and imports ---------------------------------------------------------------------------
+
+
+def _write_export(study: Any, config: Any, kind: str, output: str, group: int | None) -> list[str]:
+    """Write `config` in format `kind`; the paths written (mixdq writes two files)."""
+    from pathlib import Path
+
+    from quant.config import ConfigError
+    from search.exports import FORMATS, export
+
+    if kind not in FORMATS:
+        _fail(f"unknown format {kind!r}; valid: {', '.join(FORMATS)}")
+    options: dict[str, Any] = {} if group is None or kind in ("json", "yaml", "step-policy") else {"group": group}
+    # json/yaml keep the config's own rules; the other formats list the model's layers by name.
+    layers = None if kind in ("json", "yaml") else study.layers(progress=_progress)
+    try:
+        result = export(config, kind, layers=layers, **options)
+    except ConfigError as e:
+        _fail(e)
+    out = Path(output)
+    if kind == "mixdq":
+        assert isinstance(result, dict)
+        act = out.with_name(f"{out.stem}_act{out.suffix or '.yaml'}")
+        out.write_text(result["weights"])
+        act.write_text(result["activations"])
+        return [str(out), str(act)]
+    if isinstance(result, dict):
+        import yaml
+
+        yaml_out = out.suffix in (".yaml", ".yml")
+        out.write_text(yaml.safe_dump(result, sort_keys=False) if yaml_out else json.dumps(result, indent=2))
+    else:
+        out.write_text(result)
+    return [str(out)]
+
+
+@app.command("import")
+def import_(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    files: Annotated[list[str], typer.Argument(help="Config files to import (MixDQ: weights files).")],
+    fmt: Annotated[str, typer.Option("--format", help="json, yaml, mixdq or step-policy.")] = "json",
+    activations: Annotated[str | None, typer.Option("--activations", help="MixDQ activations file.")] = None,
+    db: DbOption = None,
+) -> None:
+    """Import published configs as candidates of a study (origin `import`), to be evaluated on its model.
+
+    Configs are converted to the study's timestep groups and checked against its layers; importing
+    the same config twice adds nothing. Run `bitsearch resume NAME` to evaluate them.
+
+    Example:
+
+        bitsearch import demo mixdq_w.yaml --format mixdq --activations mixdq_a.yaml
+    """
+    from quant.config import ConfigError
+    from search.exports.importing import import_candidates
+    from storage import StorageError
+
+    try:
+        added = import_candidates(_storage(db), name, files, fmt, activations)
+    except (ConfigError, StorageError, OSError) as e:
+        _fail(e)
+    for (cid, created), f in zip(added, files, strict=True):
+        typer.echo(f"{f}: candidate {cid} " + ("added" if created else "already in the study"))
+
+
+if __name__ == "__main__":  # at the end: `python -m search.cli` needs every command registered first
+    app()

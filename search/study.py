@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from quant.budget import Budget
 from quant.config import BitConfig, Bits, ConfigError, TimestepGroups
+from search.executors.base import Evaluator, Executor, Outcome
 
 SPEC_VERSION = 1
 Progress = Callable[[str], None]
@@ -112,8 +111,10 @@ class Study:
         return cls(name, StudySpec.from_dict(info.spec), st)
 
     # ---- the pipeline -------------------------------------------------------------------------
-    def run(self, progress: Progress = print, max_seconds: float | None = None) -> None:
-        """Run (or resume) every stage; each stage skips work already in the database."""
+    def run(self, progress: Progress = print, max_seconds: float | None = None,
+            executor: Executor | None = None) -> None:
+        """Run (or resume) every stage; each stage skips work already in the database. Evaluations run
+        on `executor` (default: `local`); `max_seconds` bounds them."""
         from storage import StudyState
 
         self.storage.set_study_state(self.name, StudyState.RUNNING)
@@ -121,7 +122,7 @@ class Study:
         ranges = self.activation_ranges(progress)
         scores = self.sensitivities(layers, progress)
         self.propose(layers, scores, progress)
-        self.evaluate(ranges, progress, max_seconds)
+        self.evaluate(ranges, progress, max_seconds, executor)
         self.storage.set_study_state(self.name, StudyState.COMPLETE if self._done() else StudyState.RUNNING)
 
     @property
@@ -221,28 +222,26 @@ class Study:
         uniform = [BitConfig.uniform(self.spec.groups, b).to_dict() for b in self.spec.baselines]
         self.storage.add_candidates(self.name, uniform, "uniform")
 
-    def evaluate(self, ranges: Any, progress: Progress = print, max_seconds: float | None = None) -> int:
-        """Claim and evaluate candidates until none is waiting; returns how many this call evaluated."""
-        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.storage.reclaim_expired(self.name, lease_timeout_s=600, max_attempts=3)
-        start, done = time.monotonic(), 0
-        reference = None
-        while max_seconds is None or time.monotonic() - start < max_seconds:
-            cand = self.storage.claim(self.name, owner)
-            if cand is None:
-                break
-            if reference is None:
-                reference = self._reference()
-            progress(f"evaluate candidate {cand.id} ({_origin(cand.origin)})")
-            self._evaluate_one(cand, owner, ranges, reference)
-            done += 1
-        return done
+    def evaluate(self, ranges: Any, progress: Progress = print, max_seconds: float | None = None,
+                 executor: Executor | None = None) -> int:
+        """Evaluate candidates until none is WAITING or RUNNING (or `max_seconds` pass) with `executor`
+        (default: `local`, in this process); returns how many this call evaluated."""
+        from search.executors import LocalExecutor
+
+        executor = executor or LocalExecutor()
+        return executor.run(self.name, self.storage, self.evaluator(ranges), progress=progress,
+                            max_seconds=max_seconds)
+
+    def evaluator(self, ranges: Any = None) -> StudyEvaluator:
+        """This study's evaluator; in this process it reuses the loaded workload and `ranges`."""
+        return StudyEvaluator(self.name, self.spec, self.storage, study=self, ranges=ranges)
 
     def _reference(self) -> tuple[Any, Any]:
         batch = self.workload.batch(self.spec.eval_samples)
         return batch, self.workload.generate(batch, record_steps=True)
 
-    def _evaluate_one(self, cand: Any, owner: str, ranges: Any, reference: tuple[Any, Any]) -> None:
+    def measure(self, cand: Any, ranges: Any, reference: tuple[Any, Any]) -> Outcome:
+        """One real quantized run of a candidate against the full-precision `reference`."""
         from quant.apply import VerificationError, quantized
 
         batch, ref = reference
@@ -255,15 +254,12 @@ class Study:
                 labels = dict(qm.label_counts())
                 simulated = qm.simulated
         except VerificationError as e:
-            self.storage.invalid(cand.id, f"verification failed: {e}", owner=owner)
-            return
-        except (ConfigError, ValueError, RuntimeError) as e:
-            self.storage.fail(cand.id, f"{type(e).__name__}: {e}", owner=owner)
-            return
+            return Outcome(invalid=f"verification failed: {e}")
+        except (ConfigError, ValueError, RuntimeError) as e:  # RuntimeError includes torch's OOM
+            return Outcome(failed=f"{type(e).__name__}: {e}")
         metrics = {**self.workload.quality(ref, test), **self.workload.alignment(batch, test)}
-        self.storage.complete(cand.id, owner, metrics=metrics, backend=self.spec.backend, machine=socket.gethostname(),
-                              run_labels=labels, latency_s=seconds / self.spec.num_steps, measured=not simulated,
-                              duration_s=seconds)
+        return Outcome(metrics=metrics, run_labels=labels, backend=self.spec.backend,
+                       latency_s=seconds / self.spec.num_steps, measured=not simulated, duration_s=seconds)
 
     def _done(self) -> bool:
         from storage import CandidateState
@@ -293,6 +289,37 @@ class Study:
         rows = [[_minimised(p, o) for o in objectives] for p in points]
         keep = non_dominated(rows) if rows else []
         return sorted((points[i] for i in keep), key=lambda p: _minimised(p, objectives[-1]))
+
+
+class StudyEvaluator(Evaluator):
+    """Real quantized evaluations of one study's candidates. Picklable: a Ray actor receives the study
+    name, spec and storage, and `setup()` loads the workload, the stored activation ranges and the
+    full-precision reference once, then evaluates many candidates."""
+
+    def __init__(self, name: str, spec: StudySpec, storage: Any, *, study: Study | None = None,
+                 ranges: Any = None) -> None:
+        self.name, self.spec, self.storage = name, spec, storage
+        self._study, self._ranges = study, ranges
+        self._reference: tuple[Any, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name, "spec": self.spec.to_dict(), "storage": self.storage}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["name"], StudySpec.from_dict(state["spec"]), state["storage"])  # type: ignore[misc]
+
+    def setup(self) -> None:
+        if self._study is None:
+            self._study = Study(self.name, self.spec, self.storage)
+        if self._ranges is None:
+            self._ranges = self._study.activation_ranges(lambda m: None)  # cached by the coordinator
+        if self._reference is None:
+            self._reference = self._study._reference()
+
+    def __call__(self, candidate: Any) -> Outcome:
+        self.setup()
+        assert self._study is not None and self._reference is not None
+        return self._study.measure(candidate, self._ranges, self._reference)
 
 
 class _Captured(Exception):
