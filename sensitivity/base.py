@@ -106,6 +106,25 @@ class Estimator(ABC):
         return scores_from(self.name, metric or self.metric, groups, values, stderr)
 
 
+class TrajectoryEstimator(Estimator):
+    """Shared set-up of the estimators that start from one recorded full-precision run of the
+    calibration batch and the per-group trajectory gains (`_common.prepare`)."""
+
+    def __init__(self, *, seed: int = 0, progress: bool = True, n_images: int = 4, gain_noise: float = 0.1,
+                 trajectory: bool = True) -> None:
+        super().__init__(seed=seed, progress=progress)
+        self.n_images, self.gain_noise, self.trajectory = n_images, gain_noise, trajectory
+
+    def _prepare(self, workload: Workload, layers: LayersArg, bits: BitsArg,
+                 groups: GroupsArg) -> tuple[list[str], list[Bits], TimestepGroups, Any]:
+        from sensitivity import _common
+
+        names, pairs, grp = self._inputs(workload, layers, bits, groups)
+        prep = _common.prepare(workload, names, pairs, grp, self.n_images, self.seed, self.gain_noise,
+                               self.trajectory)
+        return names, pairs, grp, prep
+
+
 def scores_from(
     estimator: str,
     metric: Metric,

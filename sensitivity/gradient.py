@@ -17,24 +17,24 @@ import torch
 
 from quant.scores import ScoreKey, Scores
 from sensitivity import _common as C
-from sensitivity.base import BitsArg, Estimator, GroupsArg, LayersArg, register
+from sensitivity.base import BitsArg, GroupsArg, LayersArg, TrajectoryEstimator, register
 
 if TYPE_CHECKING:
     from workloads.base import Workload
 
 
 @register
-class GradientEstimator(Estimator):
+class GradientEstimator(TrajectoryEstimator):
     name = "gradient"
 
     def __init__(self, *, seed: int = 0, progress: bool = True, n_images: int = 4, probes: int = 1,
                  gain_noise: float = 0.1, trajectory: bool = True) -> None:
-        super().__init__(seed=seed, progress=progress)
-        self.n_images, self.probes, self.gain_noise, self.trajectory = n_images, probes, gain_noise, trajectory
+        super().__init__(seed=seed, progress=progress, n_images=n_images, gain_noise=gain_noise,
+                         trajectory=trajectory)
+        self.probes = probes
 
     def estimate(self, workload: Workload, layers: LayersArg, bits: BitsArg, groups: GroupsArg) -> Scores:
-        names, pairs, grp = self._inputs(workload, layers, bits, groups)
-        prep = C.prepare(workload, names, pairs, grp, self.n_images, self.seed, self.gain_noise, self.trajectory)
+        names, pairs, grp, prep = self._prepare(workload, layers, bits, groups)
         abits = C.activation_bits(pairs)
         fisher = {(n, g): torch.zeros_like(C.weight_of(mod), dtype=torch.float32)
                   for n, mod in prep.modules.items() for g in range(len(grp))}

@@ -19,29 +19,28 @@ import torch
 
 from quant.scores import ScoreKey, Scores
 from sensitivity import _common as C
-from sensitivity.base import BitsArg, Estimator, EstimatorError, GroupsArg, LayersArg, register
+from sensitivity.base import BitsArg, EstimatorError, GroupsArg, LayersArg, TrajectoryEstimator, register
 
 if TYPE_CHECKING:
     from workloads.base import Workload
 
 
 @register
-class HessianEstimator(Estimator):
+class HessianEstimator(TrajectoryEstimator):
     name = "hessian"
 
     def __init__(self, *, seed: int = 0, progress: bool = True, n_images: int = 4, min_probes: int = 2,
                  max_probes: int = 8, rel_tol: float = 0.2, gain_noise: float = 0.1,
                  trajectory: bool = True) -> None:
-        super().__init__(seed=seed, progress=progress)
+        super().__init__(seed=seed, progress=progress, n_images=n_images, gain_noise=gain_noise,
+                         trajectory=trajectory)
         if not 2 <= min_probes <= max_probes:
             raise EstimatorError(f"need 2 <= min_probes <= max_probes, got {min_probes}, {max_probes}")
-        self.n_images, self.min_probes, self.max_probes, self.rel_tol = n_images, min_probes, max_probes, rel_tol
-        self.gain_noise, self.trajectory = gain_noise, trajectory
+        self.min_probes, self.max_probes, self.rel_tol = min_probes, max_probes, rel_tol
         self.probes_used: list[int] = []
 
     def estimate(self, workload: Workload, layers: LayersArg, bits: BitsArg, groups: GroupsArg) -> Scores:
-        names, pairs, grp = self._inputs(workload, layers, bits, groups)
-        prep = C.prepare(workload, names, pairs, grp, self.n_images, self.seed, self.gain_noise, self.trajectory)
+        names, pairs, grp, prep = self._prepare(workload, layers, bits, groups)
         abits = C.activation_bits(pairs)
         G = len(grp)
         # per (layer, group): sums over steps of the trace means and of their variances (of the mean)

@@ -19,24 +19,18 @@ from quant.backends.base import Quantizable, float_forward
 from quant.config import HIGH_PRECISION
 from quant.scores import ScoreKey, Scores
 from sensitivity import _common as C
-from sensitivity.base import BitsArg, Estimator, GroupsArg, LayersArg, register
+from sensitivity.base import BitsArg, GroupsArg, LayersArg, TrajectoryEstimator, register
 
 if TYPE_CHECKING:
     from workloads.base import Workload
 
 
 @register
-class MSEEstimator(Estimator):
+class MSEEstimator(TrajectoryEstimator):
     name = "mse"
 
-    def __init__(self, *, seed: int = 0, progress: bool = True, n_images: int = 4, gain_noise: float = 0.1,
-                 trajectory: bool = True) -> None:
-        super().__init__(seed=seed, progress=progress)
-        self.n_images, self.gain_noise, self.trajectory = n_images, gain_noise, trajectory
-
     def estimate(self, workload: Workload, layers: LayersArg, bits: BitsArg, groups: GroupsArg) -> Scores:
-        names, pairs, grp = self._inputs(workload, layers, bits, groups)
-        prep = C.prepare(workload, names, pairs, grp, self.n_images, self.seed, self.gain_noise, self.trajectory)
+        names, pairs, grp, prep = self._prepare(workload, layers, bits, groups)
         qweights: dict[tuple[str, int], Tensor] = {}
         for n, mod in prep.modules.items():
             w = C.weight_of(mod)
