@@ -557,5 +557,45 @@ def import_(
         typer.echo(f"{f}: candidate {cid} " + ("added" if created else "already in the study"))
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to bind (default: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    db: DbOption = None,
+    open_reads: Annotated[bool, typer.Option("--open-reads", help="Serve reads without the token.")] = False,
+    model_root: Annotated[list[str] | None, typer.Option("--model-root", help="Directory whose model "
+                                                          "directories studies may use (repeatable).")] = None,
+) -> None:
+    """Serve the HTTP API (OpenAPI at /docs). Writes need `Authorization: Bearer $BITSEARCH_TOKEN`.
+
+    Without BITSEARCH_TOKEN the server starts only with --open-reads, and then refuses every write.
+
+    Example:
+
+        BITSEARCH_TOKEN=$(openssl rand -hex 16) bitsearch serve --port 8000 --model-root ~/models
+    """
+    import os
+
+    token = os.environ.get("BITSEARCH_TOKEN") or None
+    if token is None and not open_reads:
+        _fail("set BITSEARCH_TOKEN (or pass --open-reads for a read-only server)")
+    roots = model_root or []
+    for root in roots:
+        if not os.path.isdir(root):
+            _fail(f"--model-root {root}: not a directory")
+    import uvicorn
+
+    from search.api import create_app
+    from storage import StorageError
+
+    try:
+        api = create_app(db, token, open_reads=open_reads, model_roots=roots)
+    except StorageError as e:
+        _fail(e)
+    if token is None:
+        typer.echo("note: no BITSEARCH_TOKEN: read-only server, every write is refused", err=True)
+    uvicorn.run(api, host=host, port=port)
+
+
 if __name__ == "__main__":  # at the end: `python -m search.cli` needs every command registered first
     app()

@@ -1,0 +1,115 @@
+"""Pydantic models of the HTTP API: every request body is validated here (422 with field errors)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from quant.budget import Budget
+from quant.config import Bits, ConfigError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class StudyCreate(BaseModel):
+    """A study to create and launch: the StudySpec fields plus a unique name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="Unique study name (letters, digits, _ . -).")
+    model: str = Field("builtin", min_length=1, max_length=4096,
+                       description="'builtin' or a diffusers pipeline directory under a configured model root.")
+    budget: list[str] = Field(default_factory=lambda: ["wbits=4.5"], min_length=1, max_length=8)
+    estimators: list[str] = Field(default_factory=lambda: ["gradient"], min_length=1, max_length=8)
+    solver: str = "ilp"
+    timestep_groups: int = Field(3, ge=1, le=1000)
+    num_steps: int = Field(20, ge=1, le=1000)
+    trials: int = Field(8, ge=1, le=1000)
+    bits: list[str] = Field(default_factory=lambda: ["W8A8", "W6A8", "W4A8", "W8A16", "W4A16"],
+                            min_length=1, max_length=32)
+    backend: str = Field("int8", pattern=r"^(int8|fake)$")
+    eval_samples: int = Field(20, ge=1, le=10_000)
+    calibration_samples: int = Field(10, ge=1, le=10_000)
+    seed: int = Field(0, ge=0)
+    baselines: list[str] = Field(default_factory=lambda: ["W8A8", "W4A8"], max_length=32)
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, v: list[str]) -> list[str]:
+        try:
+            Budget.parse(list(v))
+        except (ConfigError, ValueError) as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("bits", "baselines")
+    @classmethod
+    def _bits(cls, v: list[str]) -> list[str]:
+        for b in v:
+            try:
+                Bits.parse(b)
+            except (ConfigError, ValueError) as e:
+                raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("estimators")
+    @classmethod
+    def _estimators(cls, v: list[str]) -> list[str]:
+        from sensitivity.base import estimator_names
+
+        valid = estimator_names()
+        for e in v:
+            if e not in valid:
+                raise ValueError(f"unknown estimator {e!r}; valid: {', '.join(valid)}")
+        return v
+
+    @field_validator("solver")
+    @classmethod
+    def _solver(cls, v: str) -> str:
+        from solvers.base import solver_names
+
+        if v not in solver_names():
+            raise ValueError(f"unknown solver {v!r}; valid: {', '.join(solver_names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _groups(self) -> StudyCreate:
+        if self.timestep_groups > self.num_steps:
+            raise ValueError(f"timestep_groups must be between 1 and num_steps ({self.num_steps})")
+        return self
+
+    def spec_kwargs(self) -> dict[str, Any]:
+        """The StudySpec keyword arguments (lists as tuples)."""
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in self.model_dump(exclude={"name"}).items()}
+
+
+class StudyOut(BaseModel):
+    name: str
+    state: str
+    spec: dict[str, Any]
+    created_at: str
+    updated_at: str
+
+
+class StudyDetail(StudyOut):
+    candidates: dict[str, int] = Field(description="Candidates per state (progress).")
+    total: int
+    done: int
+
+
+class CandidateOut(BaseModel):
+    id: int
+    origin: str
+    state: str
+    attempts: int
+    reason: str | None
+    config: dict[str, Any]
+
+
+class FrontPointOut(BaseModel):
+    candidate_id: int
+    origin: str
+    metrics: dict[str, float]
+    costs: dict[str, float]
+    measured: bool
