@@ -203,7 +203,7 @@ def launch(
     budget: Annotated[list[str] | None, typer.Option("--budget", help="Limit like wbits=4.5, size=0.3x, bops=0.25x "
                                                      "(repeatable).")] = None,
     estimators: Annotated[str, typer.Option("--estimators", help="Comma-separated sensitivity estimators.")] = "gradient",
-    solver: Annotated[str, typer.Option("--solver", help="ilp, greedy or optuna.")] = "ilp",
+    solver: Annotated[str, typer.Option("--solver", help="ilp (budget sweep) or greedy.")] = "ilp",
     timestep_groups: Annotated[int, typer.Option("--timestep-groups", min=1)] = 3,
     trials: Annotated[int, typer.Option("--trials", min=1, help="Solver proposals to evaluate.")] = 8,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Sampler steps.")] = 20,

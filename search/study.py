@@ -24,6 +24,7 @@ from quant.config import BitConfig, Bits, ConfigError, TimestepGroups
 from search.executors.base import Evaluator, Executor, Outcome
 
 SPEC_VERSION = 1
+STUDY_SOLVERS = ("ilp", "greedy")
 Progress = Callable[[str], None]
 
 
@@ -51,6 +52,11 @@ class StudySpec:
             Bits.parse(b)
         if not 1 <= self.timestep_groups <= self.num_steps:
             raise ConfigError(f"timestep_groups must be between 1 and num_steps ({self.num_steps})")
+        if self.solver not in STUDY_SOLVERS:
+            raise ConfigError(
+                f"solver {self.solver!r} cannot drive a study yet; use one of {', '.join(STUDY_SOLVERS)} "
+                "(the measured Optuna search is not yet wired to the study's executors)"
+            )
         if self.trials < 1 or self.eval_samples < 1 or self.calibration_samples < 1:
             raise ConfigError("trials, eval_samples and calibration_samples must be >= 1")
 

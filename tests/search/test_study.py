@@ -75,4 +75,6 @@ def test_cli_pareto_export_and_errors(study, tmp_path) -> None:
 def test_spec_validation() -> None:
     with pytest.raises(ConfigError, match="timestep_groups"):
         StudySpec(timestep_groups=30, num_steps=20)
+    with pytest.raises(ConfigError, match="cannot drive a study yet; use one of ilp, greedy"):
+        StudySpec(solver="optuna")
     assert StudySpec.from_dict(SPEC.to_dict()) == SPEC
