@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 MNIST_CACHE ?= $(HOME)/.cache/bitsearch
 
-.PHONY: install test lint demo bench clean
+.PHONY: install browser test lint demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,7 +21,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: install
+# The page test drives Debian's Chromium through Playwright (never `playwright install`, which downloads).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "chromium could not be installed: the browser test will be skipped"
+
+test: install browser
 	$(PY) -m pytest -q
 
 lint: install

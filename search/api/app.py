@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from quant.config import BitConfig, ConfigError
@@ -169,6 +169,34 @@ def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
         front = study.pareto(tuple(objectives.split(",")))
         return [FrontPointOut(candidate_id=p.candidate_id, origin=p.origin, metrics=p.metrics, costs=p.costs,
                               measured=p.measured) for p in front]
+
+    @app.get("/studies/{name}/page", dependencies=[Depends(read_auth)], response_class=HTMLResponse)
+    def study_page(name: str) -> HTMLResponse:
+        """A web page: the Pareto front (plotly), the chosen config's bits heat map and sample images."""
+        from search.api.page import render_page
+
+        return HTMLResponse(render_page(_study(storage, name)))
+
+    @app.get("/studies/{name}/samples.png", dependencies=[Depends(read_auth)],
+             responses={200: {"content": {"image/png": {}}}})
+    def study_samples(name: str) -> Response:
+        """Full precision vs the chosen (best-PSNR front) config; generated once, then cached as an artifact."""
+        from search.api.page import chosen_point, samples_png
+
+        study = _study(storage, name)
+        chosen = chosen_point(study)
+        if chosen is None:
+            raise HTTPException(409, f"study {name!r} has no evaluated candidate yet")
+        return Response(samples_png(study, chosen), media_type="image/png")
+
+    @app.get("/static/plotly.min.js", include_in_schema=False)
+    def plotly_min_js() -> Response:
+        from search.api.page import plotly_js
+
+        js = plotly_js()
+        if js is None:
+            raise HTTPException(404, "plotly is not installed on the server")
+        return Response(js, media_type="application/javascript", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/studies/{name}/candidates/{candidate_id}/export", dependencies=[Depends(read_auth)])
     def export_candidate(name: str, candidate_id: int,

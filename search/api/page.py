@@ -1,0 +1,161 @@
+"""The per-study web page: Pareto front (plotly.js, served locally), bits heat map, FP vs quantized samples."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from functools import cache
+from html import escape
+from importlib import resources
+from typing import Any
+from urllib.parse import quote
+
+OBJECTIVES = ("psnr_db", "wbits")
+SAMPLES_KIND = "samples"
+MAX_SAMPLES = 4
+ORIGIN_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+BIT_COLOURS = {2: "#d73027", 3: "#f46d43", 4: "#fdae61", 5: "#fee08b", 6: "#d9ef8b", 8: "#a6d96a", 16: "#1a9850"}
+_sample_lock = threading.Lock()
+
+
+@cache
+def plotly_js() -> bytes | None:
+    """The plotly.min.js that ships inside the `plotly` package (None when plotly is not installed)."""
+    try:
+        return resources.files("plotly").joinpath("package_data", "plotly.min.js").read_bytes()
+    except (ModuleNotFoundError, FileNotFoundError):
+        return None
+
+
+def chosen_point(study: Any) -> Any | None:
+    """The best-PSNR point of the (psnr_db, wbits) front, or None before any evaluation finished."""
+    if not study.storage.list_evaluations(study.name):
+        return None
+    front = study.pareto(OBJECTIVES)
+    return max(front, key=lambda p: p.metrics.get("psnr_db", float("-inf")), default=None)
+
+
+def _script_json(value: Any) -> str:
+    """JSON safe to embed in a <script> element."""
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _plot(study: Any, chosen: Any) -> str:
+    points = study.front_points()
+    front = study.pareto(OBJECTIVES)
+    origins = sorted({p.origin for p in points})
+    traces: list[dict[str, Any]] = []
+    for i, origin in enumerate(origins):
+        pts = [p for p in points if p.origin == origin]
+        traces.append({"type": "scatter", "mode": "markers", "name": origin,
+                       "x": [p.costs["wbits"] for p in pts], "y": [p.metrics.get("psnr_db") for p in pts],
+                       "text": [f"candidate {p.candidate_id}" for p in pts],
+                       "marker": {"size": 9, "color": ORIGIN_COLOURS[i % len(ORIGIN_COLOURS)]}})
+    traces.append({"type": "scatter", "mode": "lines", "name": "Pareto front", "line": {"color": "black"},
+                   "x": [p.costs["wbits"] for p in front], "y": [p.metrics.get("psnr_db") for p in front],
+                   "text": [f"candidate {p.candidate_id}" for p in front]})
+    if chosen is not None:
+        traces.append({"type": "scatter", "mode": "markers", "name": f"chosen (candidate {chosen.candidate_id})",
+                       "x": [chosen.costs["wbits"]], "y": [chosen.metrics.get("psnr_db")],
+                       "marker": {"size": 16, "symbol": "star", "color": "#d62728"}})
+    layout = {"xaxis": {"title": {"text": "average weight bits"}}, "yaxis": {"title": {"text": "PSNR (dB)"}},
+              "margin": {"t": 20}, "height": 420}
+    rows = "".join(
+        f"<tr><td>{p.candidate_id}</td><td>{escape(p.origin)}</td><td>{p.costs['wbits']:.3f}</td>"
+        f"<td>{p.metrics.get('psnr_db', float('nan')):.2f}</td><td>{'yes' if p.measured else 'no'}</td></tr>"
+        for p in front)
+    script = (f'<script src="/static/plotly.min.js"></script>\n<script>Plotly.newPlot("front", {_script_json(traces)}, '
+              f"{_script_json(layout)}, {{responsive: true}});</script>") if plotly_js() is not None else \
+        "<p>(plotly is not installed on the server: the front is shown as a table only)</p>"
+    return (f'<div id="front" data-points="{len(points)}"></div>\n{script}\n'
+            '<table id="front-table"><tr><th>candidate</th><th>origin</th><th>avg weight bits</th><th>PSNR dB</th>'
+            f"<th>measured</th></tr>{rows}</table>")
+
+
+def _heatmap(study: Any, chosen: Any) -> str:
+    from quant.config import BitConfig
+
+    config = BitConfig.from_dict(chosen.config)
+    spans = study.spec.groups.spans
+    head = "".join(f"<th>steps {lo}&ndash;{hi}</th>" for lo, hi in spans)
+    rows = []
+    for layer in study.layers():
+        cells = []
+        for b in config.layer_bits(layer.fqn):
+            colour = BIT_COLOURS.get(b.w, "#cccccc")
+            cells.append(f'<td style="background:{colour}" title="{escape(str(b))}">W{b.w}A{b.a}</td>')
+        rows.append(f"<tr><th class=layer>{escape(layer.fqn)}</th>{''.join(cells)}</tr>")
+    legend = " ".join(f'<span style="background:{c};padding:0 6px">W{w}</span>' for w, c in BIT_COLOURS.items())
+    return (f'<table id="heatmap"><tr><th>layer \\ timestep group</th>{head}</tr>{"".join(rows)}</table>'
+            f"<p>weight bits: {legend}</p>")
+
+
+def render_page(study: Any) -> str:
+    """One self-contained HTML page for `study`; every study-derived string is escaped."""
+    name = escape(study.name)
+    chosen = chosen_point(study)
+    if chosen is None:
+        body = "<p>No evaluation has finished yet; reload this page later.</p>"
+    else:
+        body = (f"<h2>Pareto front (PSNR vs average weight bits)</h2>{_plot(study, chosen)}"
+                f"<h2>Chosen config: candidate {chosen.candidate_id} ({escape(chosen.origin)}), "
+                f"{chosen.metrics.get('psnr_db', float('nan')):.2f} dB at {chosen.costs['wbits']:.3f} bits</h2>"
+                f"{_heatmap(study, chosen)}"
+                "<h2>Samples: full precision (top) vs chosen config (bottom)</h2>"
+                f'<img id="samples" alt="FP vs quantized samples" src="/studies/{escape(quote(study.name, safe=""))}'
+                '/samples.png">')
+    spec = escape(json.dumps(study.spec.to_dict()))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>bitsearch: {name}</title>
+<style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;margin:.5em 0}}
+td,th{{border:1px solid #ccc;padding:2px 6px;font-size:13px}} th.layer{{text-align:left;font-family:monospace}}
+img{{image-rendering:pixelated;width:min(100%,640px)}}</style></head>
+<body><h1>Study {name}</h1><p><code>{spec}</code></p>
+{body}
+</body></html>"""
+
+
+def samples_png(study: Any, chosen: Any) -> bytes:
+    """A PNG grid, full precision (top row) vs `chosen` (bottom row), generated once and then served
+    from the study's artifacts."""
+    with _sample_lock:
+        for art in study.storage.list_artifacts(study.name, kind=SAMPLES_KIND, candidate_id=chosen.candidate_id):
+            data: bytes | None = study.storage.get_artifact(art.id).data
+            if data is not None:
+                return data
+        from quant.apply import quantized
+        from quant.config import BitConfig
+
+        wl = study.workload
+        batch = wl.batch(min(MAX_SAMPLES, study.spec.eval_samples))
+        reference = wl.generate(batch).images
+        with quantized(wl.denoiser, BitConfig.from_dict(chosen.config), study.spec.backend,
+                       study.activation_ranges(progress=lambda _m: None)) as qm:
+            test = wl.generate(batch, on_step=qm.set_step).images
+        png = _grid_png([reference, test])
+        study.storage.put_artifact(study.name, SAMPLES_KIND, f"samples-{chosen.candidate_id}.png", data=png,
+                                   media_type="image/png", candidate_id=chosen.candidate_id)
+        return png
+
+
+def _grid_png(rows: list[Any], pad: int = 2) -> bytes:
+    """Images in [0, 1] of shape (B, C, H, W), one row per tensor, as a PNG."""
+    import numpy as np
+    from PIL import Image
+
+    arrays = []
+    for images in rows:
+        a = images.detach().float().clamp(0, 1).cpu().numpy()
+        if a.shape[1] == 1:
+            a = np.repeat(a, 3, axis=1)
+        arrays.append((a[:, :3].transpose(0, 2, 3, 1) * 255).round().astype(np.uint8))
+    n, h, w = arrays[0].shape[0], arrays[0].shape[1], arrays[0].shape[2]
+    canvas = np.full((len(arrays) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for r, a in enumerate(arrays):
+        for c in range(n):
+            y, x = pad + r * (h + pad), pad + c * (w + pad)
+            canvas[y:y + h, x:x + w] = a[c]
+    buf = io.BytesIO()
+    Image.fromarray(canvas).save(buf, format="PNG")
+    return buf.getvalue()
