@@ -16,10 +16,10 @@ A Solver turns a `solvers.problem.Problem` into bit configurations:
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
+
+from quant.registry import Registry
 
 if TYPE_CHECKING:
     from quant.config import BitConfig
@@ -34,33 +34,14 @@ class Solver(ABC):
         """Configs for `problem`, each within its budget (see the module docstring)."""
 
 
-_REGISTRY: dict[str, type[Solver]] = {}
-S = TypeVar("S", bound=type[Solver])
-
-
-def register(name: str) -> Callable[[S], S]:
-    def deco(cls: S) -> S:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+_SOLVERS: Registry[Solver] = Registry("solver", "solvers")
+register = _SOLVERS.register
 
 
 def solver_names() -> list[str]:
-    import solvers  # noqa: F401  (registers the built-in solvers)
-
-    return sorted(_REGISTRY)
+    return _SOLVERS.names()
 
 
 def get_solver(name: str, **kwargs: Any) -> Solver:
     """The solver registered as `name`, constructed with `kwargs` (both checked)."""
-    names = solver_names()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown solver {name!r}; valid solvers: {', '.join(names)}")
-    cls = _REGISTRY[name]
-    params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(kwargs) - set(params))
-    if unknown:
-        raise TypeError(f"solver {name!r} takes no argument(s) {unknown}; valid: {', '.join(params) or 'none'}")
-    return cls(**kwargs)
+    return _SOLVERS.create(name, **kwargs)

@@ -23,7 +23,6 @@ evaluating many candidates. Tests inject fake evaluators to exercise faults with
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 import socket
@@ -33,7 +32,9 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
+
+from quant.registry import Registry
 
 if TYPE_CHECKING:
     from storage import CandidateInfo, Storage
@@ -90,54 +91,35 @@ class Executor(ABC):
         how many this call evaluated (see the module docstring)."""
 
 
-_REGISTRY: dict[str, type[Executor]] = {}
-E = TypeVar("E", bound=type[Executor])
-
-
-def register(name: str) -> Callable[[E], E]:
-    def deco(cls: E) -> E:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+_EXECUTORS: Registry[Executor] = Registry("executor", "search.executors")
+register = _EXECUTORS.register
 
 
 def executor_names() -> list[str]:
-    import search.executors  # noqa: F401  (registers the built-in executors)
-
-    return sorted(_REGISTRY)
+    return _EXECUTORS.names()
 
 
 def executor_params(name: str) -> list[str]:
     """The keyword arguments executor `name` accepts."""
-    executor_names()
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        raise ValueError(f"unknown executor {name!r}; valid executors: {', '.join(executor_names())}")
-    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    return _EXECUTORS.params(name)
 
 
 def get_executor(name: str, **kwargs: Any) -> Executor:
     """The executor registered as `name`, constructed with `kwargs` (both checked)."""
-    names = executor_names()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown executor {name!r}; valid executors: {', '.join(names)}")
-    params = executor_params(name)
-    unknown = sorted(set(kwargs) - set(params))
-    if unknown:
-        raise TypeError(f"executor {name!r} takes no argument(s) {unknown}; valid: {', '.join(params) or 'none'}")
-    return _REGISTRY[name](**kwargs)
+    return _EXECUTORS.create(name, **kwargs)
 
 
 # ---- threads ---------------------------------------------------------------------------------------
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def pin_threads(n: int) -> None:
     """Pin torch's intra-op and OpenMP threads to `n`. Oversubscribed threads (every worker using
     every core) ran 50x slower on a 2-core machine, so each worker gets its own share. The env vars
     reach OpenMP only if set before it initialises (Ray actors get them in their runtime env too)."""
     if n < 1:
         raise ValueError(f"threads per worker must be >= 1, got {n}")
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for var in THREAD_VARS:
         os.environ[var] = str(n)
     import torch
 

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from search.executors.base import (
+    THREAD_VARS,
     Evaluator,
     Executor,
     Progress,
@@ -27,7 +28,6 @@ from search.executors.base import (
 if TYPE_CHECKING:
     from storage import Storage
 
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 class _EvalActor:
