@@ -234,7 +234,6 @@ def launch(
                          estimators=tuple(e.strip() for e in estimators.split(",") if e.strip()), solver=solver,
                          timestep_groups=timestep_groups, num_steps=steps, trials=trials, eval_samples=eval_samples,
                          backend=backend)
-        _check_names(spec)
         runner = _executor(executor, workers, threads_per_worker, ray_address, heartbeat_timeout)
         study = Study.create(name, spec, db)
     except (ConfigError, ValueError, StorageError) as e:
@@ -442,17 +441,6 @@ def _load(name: str, db: str | None) -> Any:
         return Study.load(name, db)
     except (StorageError, ConfigError) as e:
         _fail(e)
-
-
-def _check_names(spec: Any) -> None:
-    from sensitivity.base import estimator_names
-    from solvers.base import solver_names
-
-    unknown = [e for e in spec.estimators if e not in estimator_names()]
-    if unknown:
-        raise ValueError(f"unknown estimator {unknown[0]!r}; valid: {', '.join(estimator_names())}")
-    if spec.solver not in solver_names():
-        raise ValueError(f"unknown solver {spec.solver!r}; valid: {', '.join(solver_names())}")
 
 
 def _run(study: Any, executor: Any, threads: int, max_seconds: float | None) -> None:

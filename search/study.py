@@ -28,6 +28,25 @@ STUDY_SOLVERS = ("ilp", "greedy")
 Progress = Callable[[str], None]
 
 
+def check_estimators(names: Sequence[str]) -> None:
+    from sensitivity.base import estimator_names
+
+    valid = estimator_names()
+    if not names:
+        raise ConfigError(f"give at least one sensitivity estimator; valid: {', '.join(valid)}")
+    unknown = [e for e in names if e not in valid]
+    if unknown:
+        raise ConfigError(f"unknown estimator {unknown[0]!r}; valid: {', '.join(valid)}")
+
+
+def check_solver(name: str) -> None:
+    if name not in STUDY_SOLVERS:
+        raise ConfigError(
+            f"solver {name!r} cannot drive a study yet; use one of {', '.join(STUDY_SOLVERS)} "
+            "(the measured Optuna search is not yet wired to the study's executors)"
+        )
+
+
 @dataclass(frozen=True)
 class StudySpec:
     """What a study searches; stored as versioned JSON with the study."""
@@ -52,11 +71,8 @@ class StudySpec:
             Bits.parse(b)
         if not 1 <= self.timestep_groups <= self.num_steps:
             raise ConfigError(f"timestep_groups must be between 1 and num_steps ({self.num_steps})")
-        if self.solver not in STUDY_SOLVERS:
-            raise ConfigError(
-                f"solver {self.solver!r} cannot drive a study yet; use one of {', '.join(STUDY_SOLVERS)} "
-                "(the measured Optuna search is not yet wired to the study's executors)"
-            )
+        check_estimators(self.estimators)
+        check_solver(self.solver)
         if self.trials < 1 or self.eval_samples < 1 or self.calibration_samples < 1:
             raise ConfigError("trials, eval_samples and calibration_samples must be >= 1")
 

@@ -56,21 +56,17 @@ class StudyCreate(BaseModel):
     @field_validator("estimators")
     @classmethod
     def _estimators(cls, v: list[str]) -> list[str]:
-        from sensitivity.base import estimator_names
+        from search.study import check_estimators
 
-        valid = estimator_names()
-        for e in v:
-            if e not in valid:
-                raise ValueError(f"unknown estimator {e!r}; valid: {', '.join(valid)}")
+        check_estimators(v)
         return v
 
     @field_validator("solver")
     @classmethod
     def _solver(cls, v: str) -> str:
-        from solvers.base import solver_names
+        from search.study import check_solver
 
-        if v not in solver_names():
-            raise ValueError(f"unknown solver {v!r}; valid: {', '.join(solver_names())}")
+        check_solver(v)
         return v
 
     @model_validator(mode="after")
