@@ -176,11 +176,8 @@ def apply(
     be = get_backend(backend)
     modules = quantizable_modules(model)
     plans = config.resolve(modules)
-    if ranges is not None and ranges.groups != config.groups:
-        raise ConfigError(
-            f"activation ranges were calibrated for timestep groups {ranges.groups} but the config uses "
-            f"{config.groups}; calibrate with the config's groups"
-        )
+    if ranges is not None:
+        ranges = ranges.regroup(config.groups)  # raises a clear error when it cannot
     ctx = StepContext(config.groups)
     layers: dict[str, QuantLayer] = {}
     # Build every kernel before swapping anything, so a bad config leaves the model untouched.

@@ -39,6 +39,21 @@ class ActivationRanges:
             )
         return v
 
+    def regroup(self, groups: TimestepGroups) -> ActivationRanges:
+        """The ranges for `groups`, each of which must be a union of this calibration's groups (so a
+        per-step calibration serves every grouping): the max over them, exactly what calibrating
+        with `groups` would have recorded."""
+        if groups == self.groups:
+            return self
+        if groups.num_steps != self.groups.num_steps or not set(groups.starts) <= set(self.groups.starts):
+            raise ConfigError(
+                f"activation ranges were calibrated for timestep groups {self.groups} but the config uses "
+                f"{groups}; calibrate per step (TimestepGroups.uniform(steps, steps)) or with the config's groups"
+            )
+        first = [self.groups.starts.index(s) for s in groups.starts] + [len(self.groups)]
+        return ActivationRanges(groups, {k: tuple(max(v[a:b]) for a, b in zip(first, first[1:], strict=False))
+                                         for k, v in self.values.items()})
+
     def to_dict(self) -> dict[str, Any]:
         return {"timestep_groups": self.groups.to_dict(), "absmax": {k: list(v) for k, v in self.values.items()}}
 

@@ -203,11 +203,19 @@ def launch(
     budget: Annotated[list[str] | None, typer.Option("--budget", help="Limit like wbits=4.5, size=0.3x, bops=0.25x "
                                                      "(repeatable).")] = None,
     estimators: Annotated[str, typer.Option("--estimators", help="Comma-separated sensitivity estimators.")] = "gradient",
-    solver: Annotated[str, typer.Option("--solver", help="ilp (budget sweep) or greedy.")] = "ilp",
+    solver: Annotated[str, typer.Option("--solver", help="ilp (budget sweep), greedy, or optuna (measured "
+                                        "multi-objective search seeded by the ILP, stored in the same database).")] = "ilp",
     timestep_groups: Annotated[int, typer.Option("--timestep-groups", min=1)] = 3,
-    trials: Annotated[int, typer.Option("--trials", min=1, help="Solver proposals to evaluate.")] = 8,
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Proposals of the ilp/greedy sweep, or Optuna "
+                                        "trials, to evaluate.")] = 8,
+    patience: Annotated[int, typer.Option("--patience", min=0, help="optuna: stop after this many trials in a row "
+                                          "that did not improve the measured front (0: never).")] = 8,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Sampler steps.")] = 20,
-    eval_samples: Annotated[int, typer.Option("--eval-samples", min=1)] = 20,
+    eval_samples: Annotated[int, typer.Option("--eval-samples", min=1, help="Images of the cheap evaluation "
+                                              "(fidelity to full precision), for every candidate.")] = 20,
+    full_samples: Annotated[int, typer.Option("--full-samples", min=1, help="Images of the full evaluation "
+                                              "(alignment, distribution), for candidates that may enter the "
+                                              "front.")] = 40,
     backend: Annotated[str, typer.Option("--backend", help="int8 (real kernels) or fake (simulated).")] = "int8",
     db: DbOption = None,
     executor: ExecutorOption = None,
@@ -224,6 +232,8 @@ def launch(
         bitsearch launch --name demo --model builtin --budget wbits=4.5 --timestep-groups 3 --trials 8
 
         bitsearch launch --name demo2 --workers 2 --threads-per-worker 1   # two Ray workers
+
+        bitsearch launch --name tuned --solver optuna --trials 24   # then: optuna-dashboard sqlite:///bitsearch.db
     """
     from quant.config import ConfigError
     from search.study import Study, StudySpec
@@ -233,7 +243,7 @@ def launch(
         spec = StudySpec(model=model, budget=tuple(budget or ["wbits=4.5"]),
                          estimators=tuple(e.strip() for e in estimators.split(",") if e.strip()), solver=solver,
                          timestep_groups=timestep_groups, num_steps=steps, trials=trials, eval_samples=eval_samples,
-                         backend=backend)
+                         full_samples=full_samples, patience=patience, backend=backend)
         runner = _executor(executor, workers, threads_per_worker, ray_address, heartbeat_timeout)
         study = Study.create(name, spec, db)
     except (ConfigError, ValueError, StorageError) as e:
@@ -443,11 +453,57 @@ def _load(name: str, db: str | None) -> Any:
         _fail(e)
 
 
+class _StudyProgress:
+    """Rich progress bars of a running study's evaluations per fidelity (polled from the database,
+    so evaluations by Ray workers count too), with the study's messages printed above them."""
+
+    def __init__(self, study: Any) -> None:
+        import threading
+
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.study = study
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+        self.tasks = {f: self.bars.add_task(f"{f} evaluations", total=None, visible=False)
+                      for f in ("cheap", "full")}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="study-progress", daemon=True)
+
+    def message(self, text: str) -> None:
+        self.bars.console.print(f"· {text}", highlight=False)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.5):
+            self.refresh()
+
+    def refresh(self) -> None:
+        try:
+            counts = self.study.evaluation_counts()
+        except Exception:  # the database is busy: the next poll will do
+            return
+        for fidelity, (done, total) in counts.items():
+            self.bars.update(self.tasks[fidelity], completed=done, total=total, visible=total > 0)
+
+    def __enter__(self) -> _StudyProgress:
+        self.bars.start()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.refresh()
+        self.bars.stop()
+
+
 def _run(study: Any, executor: Any, threads: int, max_seconds: float | None) -> None:
     from search.executors import pin_threads
 
     pin_threads(threads)  # the coordinator's own stages too: oversubscribed threads ran 50x slower here
-    study.run(progress=_progress, max_seconds=max_seconds, executor=executor)
+    with _StudyProgress(study) as bars:
+        study.run(progress=bars.message, max_seconds=max_seconds, executor=executor)
     if study.storage.get_study(study.name).state.value == "COMPLETE":
         typer.echo(f"study {study.name} finished; see `bitsearch pareto {study.name}`")
     else:

@@ -5,6 +5,15 @@ study resumes where it stopped: the inventory, activation ranges and sensitivity
 in the database, candidates are added idempotently by content hash, and evaluations claim
 candidates atomically with a lease, so no candidate is evaluated twice and none is lost.
 
+Proposals come from the study's solver: `ilp` and `greedy` propose a budget sweep at once; `optuna`
+proposes in rounds (search/optuna_rounds.py), each trial measured before the next round is asked.
+
+Evaluations are multi-fidelity. Every candidate gets the `cheap` one: `eval_samples` images, fidelity
+to full precision (PSNR, SSIM, per-step SQNR). Candidates that may enter the front (non-dominated on
+quality vs weight bits and bit-ops among the cheap evaluations) are promoted to the `full` one: the
+alignment and distribution metrics on `full_samples` other images. A candidate's metrics are the
+union of its evaluations'.
+
     study = Study.create("demo", StudySpec(model="builtin", budget=("wbits=4.5",)))
     study.run()
     for point in study.pareto(): ...
@@ -24,7 +33,9 @@ from quant.config import BitConfig, Bits, ConfigError, TimestepGroups
 from search.executors.base import Evaluator, Executor, Outcome
 
 SPEC_VERSION = 1
-STUDY_SOLVERS = ("ilp", "greedy")
+STUDY_SOLVERS = ("ilp", "greedy", "optuna")
+CHEAP, FULL = "cheap", "full"  # evaluation fidelities (see the module docstring)
+QUALITY = "psnr_db"  # the cheap quality metric that promotion and the optuna solver rank by
 Progress = Callable[[str], None]
 
 
@@ -41,15 +52,17 @@ def check_estimators(names: Sequence[str]) -> None:
 
 def check_solver(name: str) -> None:
     if name not in STUDY_SOLVERS:
-        raise ConfigError(
-            f"solver {name!r} cannot drive a study yet; use one of {', '.join(STUDY_SOLVERS)} "
-            "(the measured Optuna search is not yet wired to the study's executors)"
-        )
+        raise ConfigError(f"unknown solver {name!r}; valid: {', '.join(STUDY_SOLVERS)}")
 
 
 @dataclass(frozen=True)
 class StudySpec:
-    """What a study searches; stored as versioned JSON with the study."""
+    """What a study searches; stored as versioned JSON with the study.
+
+    `trials`: proposals of the ilp/greedy sweep, or Optuna trials (its ILP seeds included).
+    `eval_samples`: images of the `cheap` fidelity; `full_samples`: of the `full` one (see the module).
+    `patience`: the optuna solver stops after this many trials in a row that did not improve the
+    measured front (0: never; ilp and greedy propose their whole sweep at once)."""
 
     model: str = "builtin"
     budget: tuple[str, ...] = ("wbits=4.5",)
@@ -64,6 +77,8 @@ class StudySpec:
     calibration_samples: int = 10
     seed: int = 0
     baselines: tuple[str, ...] = ("W8A8", "W4A8")
+    full_samples: int = 40
+    patience: int = 8
 
     def __post_init__(self) -> None:
         Budget.parse(list(self.budget))  # raises a clear error on a malformed budget
@@ -73,8 +88,10 @@ class StudySpec:
             raise ConfigError(f"timestep_groups must be between 1 and num_steps ({self.num_steps})")
         check_estimators(self.estimators)
         check_solver(self.solver)
-        if self.trials < 1 or self.eval_samples < 1 or self.calibration_samples < 1:
-            raise ConfigError("trials, eval_samples and calibration_samples must be >= 1")
+        if min(self.trials, self.eval_samples, self.calibration_samples, self.full_samples) < 1:
+            raise ConfigError("trials, eval_samples, calibration_samples and full_samples must be >= 1")
+        if self.patience < 0:
+            raise ConfigError("patience must be >= 0 (0: never stop early)")
 
     @property
     def groups(self) -> TimestepGroups:
@@ -94,12 +111,15 @@ class StudySpec:
 
 @dataclass(frozen=True)
 class FrontPoint:
+    """A candidate's measurements: the union of its evaluations' metrics (`fidelities` says which ran)."""
+
     candidate_id: int
     origin: str
     metrics: dict[str, float]
     costs: dict[str, float]
     measured: bool
     config: dict[str, Any] = field(repr=False)
+    fidelities: tuple[str, ...] = ()
 
 
 class Study:
@@ -107,6 +127,7 @@ class Study:
         self.name, self.spec, self.storage = name, spec, storage
         self._workload: Any = None
         self._layers: list[Any] | None = None
+        self._evaluator: StudyEvaluator | None = None
 
     # ---- create / load ------------------------------------------------------------------------
     @classmethod
@@ -136,16 +157,31 @@ class Study:
     def run(self, progress: Progress = print, max_seconds: float | None = None,
             executor: Executor | None = None) -> None:
         """Run (or resume) every stage; each stage skips work already in the database. Evaluations run
-        on `executor` (default: `local`); `max_seconds` bounds them."""
+        on `executor` (default: `local`); `max_seconds` bounds them (the study stays RUNNING, resumable)."""
+        from search.executors import LocalExecutor
         from storage import StudyState
 
+        deadline = None if max_seconds is None else time.time() + max_seconds
+        executor = executor or LocalExecutor()
         self.storage.set_study_state(self.name, StudyState.RUNNING)
         layers = self.layers(progress)
         ranges = self.activation_ranges(progress)
         scores = self.sensitivities(layers, progress)
-        self.propose(layers, scores, progress)
-        self.evaluate(ranges, progress, max_seconds, executor)
-        self.storage.set_study_state(self.name, StudyState.COMPLETE if self._done() else StudyState.RUNNING)
+        searched = True
+        with executor:  # workers stay up across rounds and fidelities
+            if self.spec.solver == "optuna":
+                from search.optuna_rounds import OptunaRounds
+
+                self._add_baselines()
+                rounds = OptunaRounds(self, self.problem(layers, scores))
+                searched = rounds.run(ranges, executor, progress, deadline)
+            else:
+                self.propose(layers, scores, progress)
+            self.evaluate(ranges, progress, _left(deadline), executor)
+            while self.promote(progress) and _left(deadline) != 0:
+                self.evaluate(ranges, progress, _left(deadline), executor)
+        done = searched and self._done() and not self.promote(lambda m: None, dry_run=True)
+        self.storage.set_study_state(self.name, StudyState.COMPLETE if done else StudyState.RUNNING)
 
     @property
     def workload(self) -> Any:
@@ -201,7 +237,8 @@ class Study:
             return ActivationRanges.from_dict(json.loads(data))
         progress(f"calibration: {self.spec.calibration_samples} images x {self.spec.num_steps} steps")
         wl = self.workload
-        ranges = calibrate_activations(wl.denoiser, self.spec.groups,
+        per_step = TimestepGroups.uniform(self.spec.num_steps, self.spec.num_steps)  # serves any grouping
+        ranges = calibrate_activations(wl.denoiser, per_step,
                                        wl.calibration_run(wl.batch(self.spec.calibration_samples, "calibration")))
         self.storage.put_artifact(self.name, "activation_ranges", "ranges.json",
                                   data=json.dumps(ranges.to_dict()).encode(), media_type="application/json")
@@ -224,25 +261,50 @@ class Study:
             out.append(scores)
         return out
 
+    def problem(self, layers: Sequence[Any], scores: Sequence[Any]) -> Any:
+        """The solvers' problem: the study's layers, groups, scores, budget and candidate bits."""
+        from solvers.problem import Problem
+
+        return Problem(list(layers), self.spec.groups, list(scores), Budget.parse(list(self.spec.budget)),
+                       backend=self.spec.backend, candidates=list(self.spec.bits))
+
     def propose(self, layers: Sequence[Any], scores: Sequence[Any], progress: Progress = print) -> None:
         """Solver proposals (a budget sweep around the target) and uniform baselines, added once."""
         from solvers.base import get_solver
-        from solvers.problem import Problem
 
         if self.storage.list_candidates(self.name):
             return
-        budget = Budget.parse(list(self.spec.budget))
-        problem = Problem(list(layers), self.spec.groups, list(scores), budget, backend=self.spec.backend,
-                          candidates=list(self.spec.bits))
-        first = budget.limits[0]
+        problem = self.problem(layers, scores)
+        first = problem.budget.limits[0]
         lo, hi = 0.9 * first.value, first.value  # the front just under the target budget
         values = [lo + (hi - lo) * i / max(1, self.spec.trials - 1) for i in range(self.spec.trials)]
         progress(f"solver: {self.spec.solver} sweep of {first.metric} over {values[0]:.3g}..{values[-1]:.3g}")
         solver = get_solver(self.spec.solver, sweep=values) if self.spec.solver == "ilp" else get_solver(self.spec.solver)
         configs = solver.solve(problem)
-        self.storage.add_candidates(self.name, [c.to_dict() for c in configs], self.spec.solver)
+        self.storage.add_candidates(self.name, [c.to_dict() for c in configs], self.spec.solver, fidelity=CHEAP)
+        self._add_baselines()
+
+    def _add_baselines(self) -> None:
         uniform = [BitConfig.uniform(self.spec.groups, b).to_dict() for b in self.spec.baselines]
-        self.storage.add_candidates(self.name, uniform, "uniform")
+        self.storage.add_candidates(self.name, uniform, "uniform", fidelity=CHEAP)
+
+    def promote(self, progress: Progress = print, dry_run: bool = False) -> int:
+        """Queue the `full` evaluation of every cheaply evaluated candidate that may enter the front
+        (non-dominated on quality, weight bits and bit-ops); returns how many (`dry_run`: only counts)."""
+        from solvers.pareto import non_dominated
+        from storage import CandidateState
+
+        cheap = {c.id for c in self.storage.list_candidates(self.name, states=[CandidateState.COMPLETE])
+                 if c.fidelity == CHEAP}
+        points = [p for p in self.front_points() if QUALITY in p.metrics]
+        rows = [[-p.metrics[QUALITY], p.costs["wbits"], p.costs["bops_g"]] for p in points]
+        todo = [points[i].candidate_id for i in non_dominated(rows) if points[i].candidate_id in cheap]
+        if todo and not dry_run:
+            progress(f"multi-fidelity: {len(todo)} candidate(s) that may enter the front get the full evaluation "
+                     f"({self.spec.full_samples} images: alignment and distribution metrics)")
+            for cid in todo:
+                self.storage.promote(cid, FULL)
+        return len(todo)
 
     def evaluate(self, ranges: Any, progress: Progress = print, max_seconds: float | None = None,
                  executor: Executor | None = None) -> int:
@@ -255,23 +317,32 @@ class Study:
                             max_seconds=max_seconds)
 
     def evaluator(self, ranges: Any = None) -> StudyEvaluator:
-        """This study's evaluator; in this process it reuses the loaded workload and `ranges`."""
-        return StudyEvaluator(self.name, self.spec, self.storage, study=self, ranges=ranges)
+        """This study's evaluator; in this process it reuses the loaded workload and `ranges`. The same
+        object for the same `ranges`, so an executor's live workers serve every round of the study."""
+        if self._evaluator is None or self._evaluator._ranges is not ranges:
+            self._evaluator = StudyEvaluator(self.name, self.spec, self.storage, study=self, ranges=ranges)
+        return self._evaluator
 
     def _reference(self) -> tuple[Any, Any]:
         batch = self.workload.batch(self.spec.eval_samples)
         return batch, self.workload.generate(batch, record_steps=True)
 
-    def measure(self, cand: Any, ranges: Any, reference: tuple[Any, Any]) -> Outcome:
-        """One real quantized run of a candidate against the full-precision `reference`."""
+    def measure(self, cand: Any, ranges: Any, reference: Callable[[], tuple[Any, Any]]) -> Outcome:
+        """One real quantized run of a candidate at its fidelity: `cheap`, fidelity to the full-precision
+        images of `reference()` (batch, generation); `full`, alignment and distribution metrics on
+        `full_samples` eval images after those (other seeds). latency_s: CPU seconds per image-step."""
         from quant.apply import VerificationError, quantized
 
-        batch, ref = reference
+        full = cand.fidelity == FULL
+        if full:
+            batch, ref = self.workload.batch(self.spec.full_samples, offset=self.spec.eval_samples), None
+        else:
+            batch, ref = reference()
         try:
             config = BitConfig.from_dict(cand.config)
             with quantized(self.workload.denoiser, config, self.spec.backend, ranges) as qm:
                 t0 = time.thread_time()
-                test = self.workload.generate(batch, on_step=qm.set_step, record_steps=True)
+                test = self.workload.generate(batch, on_step=qm.set_step, record_steps=not full)
                 seconds = time.thread_time() - t0
                 labels = dict(qm.label_counts())
                 simulated = qm.simulated
@@ -279,9 +350,30 @@ class Study:
             return Outcome(invalid=f"verification failed: {e}")
         except (ConfigError, ValueError, RuntimeError) as e:  # RuntimeError includes torch's OOM
             return Outcome(failed=f"{type(e).__name__}: {e}")
-        metrics = {**self.workload.quality(ref, test), **self.workload.alignment(batch, test)}
+        if full:
+            metrics = {**self.workload.alignment(batch, test),
+                       **self.workload.distribution(test, offset=self.spec.eval_samples)}
+        else:
+            metrics = self.workload.quality(ref, test)
         return Outcome(metrics=metrics, run_labels=labels, backend=self.spec.backend,
-                       latency_s=seconds / self.spec.num_steps, measured=not simulated, duration_s=seconds)
+                       latency_s=seconds / (self.spec.num_steps * len(batch.prompts)), measured=not simulated,
+                       duration_s=seconds)
+
+    def evaluation_counts(self) -> dict[str, tuple[int, int]]:
+        """(done, queued so far) evaluations per fidelity: done counts stored evaluations and candidates
+        that ended FAILED or INVALID at that fidelity; queued adds those WAITING or RUNNING."""
+        from storage import CandidateState
+
+        out = {}
+        evaluations = self.storage.list_evaluations(self.name)
+        candidates = self.storage.list_candidates(self.name)
+        for f in (CHEAP, FULL):
+            done = sum(e.fidelity == f for e in evaluations) + sum(
+                c.fidelity == f and c.state in (CandidateState.FAILED, CandidateState.INVALID) for c in candidates)
+            queued = sum(c.fidelity == f and c.state in (CandidateState.WAITING, CandidateState.RUNNING)
+                         for c in candidates)
+            out[f] = (done, done + queued)
+        return out
 
     def _done(self) -> bool:
         from storage import CandidateState
@@ -291,23 +383,34 @@ class Study:
 
     # ---- queries --------------------------------------------------------------------------------
     def front_points(self) -> list[FrontPoint]:
-        """Every completed evaluation with its costs (finite metrics only: NaN never reaches the front)."""
+        """Every evaluated candidate with its costs and the union of its evaluations' metrics (stored
+        metrics are finite: NaN never reaches the front)."""
         from quant.cost import costs
 
         layers = self.layers()
-        points = []
+        evaluations: dict[int, list[Any]] = {}
         for ev in self.storage.list_evaluations(self.name):
-            c = costs(BitConfig.from_dict(ev.config), layers)
-            points.append(FrontPoint(ev.candidate_id, _origin(ev.origin),
-                                     dict(ev.metrics), {"wbits": c.avg_weight_bits, "size_mb": c.weight_bytes / 1e6,
-                                                        "bops_g": c.bops / 1e9}, ev.measured, ev.config))
+            evaluations.setdefault(ev.candidate_id, []).append(ev)
+        points = []
+        for cid, evs in evaluations.items():
+            c = costs(BitConfig.from_dict(evs[0].config), layers)
+            points.append(FrontPoint(cid, _origin(evs[0].origin), {k: v for ev in evs for k, v in ev.metrics.items()},
+                                     {"wbits": c.avg_weight_bits, "size_mb": c.weight_bytes / 1e6,
+                                      "bops_g": c.bops / 1e9}, all(ev.measured for ev in evs), evs[0].config,
+                                     tuple(ev.fidelity for ev in evs)))
         return points
 
     def pareto(self, objectives: Sequence[str] = ("psnr_db", "wbits")) -> list[FrontPoint]:
-        """Non-dominated points: metrics ending in _db, ssim, accuracy and scores are maximised, costs minimised."""
+        """Non-dominated points among those measured on every objective (an alignment metric exists only
+        for candidates with a `full` evaluation): metrics in MAXIMISED are maximised, the rest minimised."""
         from solvers.pareto import non_dominated
 
-        points = self.front_points()
+        every = self.front_points()
+        known = {*(k for p in every for k in p.metrics), *(k for p in every for k in p.costs)}
+        unknown = [o for o in objectives if o not in known]
+        if every and unknown:
+            raise ConfigError(f"unknown objective {unknown[0]!r}; valid: {', '.join(sorted(known))}")
+        points = [p for p in every if all(o in p.metrics or o in p.costs for o in objectives)]
         rows = [[_minimised(p, o) for o in objectives] for p in points]
         keep = non_dominated(rows) if rows else []
         return sorted((points[i] for i in keep), key=lambda p: _minimised(p, objectives[-1]))
@@ -322,7 +425,7 @@ class StudyEvaluator(Evaluator):
                  ranges: Any = None) -> None:
         self.name, self.spec, self.storage = name, spec, storage
         self._study, self._ranges = study, ranges
-        self._reference: tuple[Any, Any] | None = None
+        self._reference: tuple[Any, Any] | None = None  # computed at the first cheap evaluation
 
     def __getstate__(self) -> dict[str, Any]:
         return {"name": self.name, "spec": self.spec.to_dict(), "storage": self.storage}
@@ -335,13 +438,18 @@ class StudyEvaluator(Evaluator):
             self._study = Study(self.name, self.spec, self.storage)
         if self._ranges is None:
             self._ranges = self._study.activation_ranges(lambda m: None)  # cached by the coordinator
-        if self._reference is None:
-            self._reference = self._study._reference()
+        _ = self._study.workload  # load the model before the first claim
 
     def __call__(self, candidate: Any) -> Outcome:
         self.setup()
-        assert self._study is not None and self._reference is not None
-        return self._study.measure(candidate, self._ranges, self._reference)
+        assert self._study is not None
+        return self._study.measure(candidate, self._ranges, self.reference)
+
+    def reference(self) -> tuple[Any, Any]:
+        if self._reference is None:
+            assert self._study is not None
+            self._reference = self._study._reference()
+        return self._reference
 
 
 class _Captured(Exception):
@@ -352,13 +460,16 @@ def _origin(origin: Any) -> str:
     return str(getattr(origin, "value", origin))
 
 
-MAXIMISED = ("psnr_db", "sqnr_db", "ssim", "prompt_accuracy", "clip_score")
+def _left(deadline: float | None) -> float | None:
+    """Seconds left before `deadline` (None: unbounded), never negative."""
+    return None if deadline is None else max(0.0, deadline - time.time())
+
+
+MAXIMISED = ("psnr_db", "sqnr_db", "ssim", "prompt_accuracy", "clip_score", "clip_score_real")
 
 
 def _minimised(point: FrontPoint, objective: str) -> float:
     if objective in point.costs:
         return point.costs[objective]
-    if objective not in point.metrics:
-        raise ConfigError(f"unknown objective {objective!r}; valid: {', '.join([*point.metrics, *point.costs])}")
     value = point.metrics[objective]
     return -value if objective in MAXIMISED else value

@@ -8,8 +8,8 @@ are minimised; a name that `evaluate` does not return and that is a budget metri
 memory, bops, latency) is computed with quant.cost.costs, and "cost" means the budget's first
 metric, in the budget's units. Knobs (space="knobs", the default):
 
-- budget_scale in [min_scale, 1]: multiplies the budget's first limit (so every config is within the
-  user's budget and the front spans cheaper ones);
+- budget_scale in [max(min_scale, lowest feasible / limit), 1]: multiplies the budget's first limit
+  (so every config is within the user's budget and the front spans cheaper ones);
 - weight_<metric> (log-uniform 0.1..10), when the problem has several score metrics;
 - weight_share in [0, 1]: how the budget splits between weights and activations, as an extra cap on
   average weight bits between the lowest and highest the candidates allow (1 = no extra cap);
@@ -22,6 +22,11 @@ space="direct" (at most 64 layers): one categorical per (unit, group), budget as
 constraint. Either way the ILP sweep's configs are enqueued as the first trials (exactly those
 configs: they ride along as user attributes). Trials with NaN/inf measurements FAIL and never reach
 the front. `storage` is any Optuna storage URL (the service passes its database).
+
+Two ways to drive it: `solve`/`study` run `optimize` with `evaluate` measuring each trial in turn;
+a caller that measures trials elsewhere (search/ evaluates a round of trials on its executors) uses
+`open` (the study, seeds enqueued), `suggest` (a trial's config) and `objective_values` (what to
+tell Optuna) with Optuna's ask/tell interface, and passes no `evaluate`.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ SAMPLERS = ("nsga2", "tpe")
 SPACES = ("knobs", "direct")
 DIRECT_MAX_LAYERS = 64
 _CONFIG = "config"
-_SEED = "seed_config"
+SEED_CONFIG = "seed_config"  # the user attribute of an enqueued ILP solution
 
 
 @register("optuna")
@@ -55,8 +60,6 @@ class OptunaSolver(Solver):
                  storage: str | None = None, study_name: str | None = None, seed: int | None = None,
                  seed_points: int = 5, min_scale: float = 0.5, max_group_shift: int = 1, max_blocks: int = 8,
                  ilp_backend: str = "auto", threads: int | None = None) -> None:
-        if evaluate is None:
-            raise ValueError("the optuna solver measures configs: pass evaluate=callable(config) -> dict of metrics")
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
         if space not in SPACES:
@@ -68,46 +71,66 @@ class OptunaSolver(Solver):
         self.seed_points, self.min_scale, self.max_group_shift, self.max_blocks = (
             seed_points, min_scale, max_group_shift, max_blocks)
         self.ilp_backend, self.threads = ilp_backend, threads
+        self._scale_floor = min_scale  # raised by `open` to the lowest feasible share of the budget
 
     def solve(self, problem: Problem) -> list[BitConfig]:
         study = self.study(problem)
         return [BitConfig.from_dict(t.user_attrs[_CONFIG]) for t in study.best_trials
-                if t.user_attrs.get("constraint", [0.0])[0] <= 0]
+                if all(v <= 0 for v in t.constraints.values())]
 
     # ---- the study ---------------------------------------------------------------------------------
     def study(self, problem: Problem) -> optuna.Study:
-        """Create (or load, from `storage`) the study, enqueue the ILP seeds if new, run `n_trials`."""
+        """Create (or load, from `storage`) the study, enqueue the ILP seeds if new, run `n_trials`,
+        measuring each with `evaluate`."""
+        if self.evaluate is None:
+            raise ValueError("the optuna solver measures configs: pass evaluate=callable(config) -> dict of metrics "
+                             "(or drive it with open/suggest/objective_values)")
+        study = self.open(problem)
+        study.optimize(lambda t: self._measure(problem, t, self.suggest(problem, t)), n_trials=self.n_trials,
+                       catch=(InfeasibleBudget,))
+        return study
+
+    def open(self, problem: Problem) -> optuna.Study:
+        """Create (or load, from `storage`) the study; a new one gets the ILP seeds enqueued."""
         import optuna
 
         if self.space == "direct" and len(problem.layers) > DIRECT_MAX_LAYERS:
             raise ConfigError(f"space='direct' is for models of at most {DIRECT_MAX_LAYERS} layers "
                               f"(this one has {len(problem.layers)}); use space='knobs'")
 
-        def constraints(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
-            return list(trial.user_attrs.get("constraint", [0.0]))
-
         cls = optuna.samplers.NSGAIISampler if self.sampler == "nsga2" else optuna.samplers.TPESampler
         study = optuna.create_study(
             storage=self.storage, study_name=self.study_name, load_if_exists=self.study_name is not None,
-            directions=["minimize"] * len(self.objectives), sampler=cls(seed=self.seed, constraints_func=constraints),
+            directions=["minimize"] * len(self.objectives), sampler=cls(seed=self.seed),
         )
+        primary = problem.budget.limits[0]
+        low = ilp.smallest(problem, primary.metric, others=True, backend=self.ilp_backend, threads=self.threads)
+        if low is None:
+            raise ilp.diagnose(problem, self.ilp_backend, self.threads)
+        self._scale_floor = min(1.0, max(self.min_scale, low / problem.caps[primary.metric]))
         if not study.trials:
             for params, config in self._seeds(problem):
-                study.enqueue_trial(params, user_attrs={_SEED: config.to_dict()})
-        objective = self._knob_trial if self.space == "knobs" else self._direct_trial
-        study.optimize(lambda t: objective(problem, t), n_trials=self.n_trials, catch=(InfeasibleBudget,))
+                study.enqueue_trial(params, user_attrs={SEED_CONFIG: config.to_dict()})
         return study
+
+    def suggest(self, problem: Problem, trial: optuna.Trial) -> BitConfig:
+        """The config trial `trial` proposes (recorded as its user attribute `config`); raises
+        InfeasibleBudget when its knobs leave the ILP no solution."""
+        config = (self._knob_config if self.space == "knobs" else self._direct_config)(problem, trial)
+        trial.set_user_attr(_CONFIG, config.to_dict())
+        return config
 
     def _seeds(self, problem: Problem) -> list[tuple[dict[str, Any], BitConfig]]:
         primary = problem.budget.limits[0]
-        scales = [self.min_scale + (1 - self.min_scale) * i / max(self.seed_points - 1, 1)
+        lo = self._scale_floor
+        scales = [lo + (1 - lo) * i / max(self.seed_points - 1, 1)
                   for i in range(self.seed_points)]
         front = ilp.sweep(problem, [primary.value * s for s in scales], primary.metric, self.ilp_backend,
                           threads=self.threads)
         out = []
         for point in front:
             if self.space == "knobs":
-                scale = min(max(point.value / primary.value, self.min_scale), 1.0)
+                scale = min(max(point.value / primary.value, lo), 1.0)
                 params: dict[str, Any] = {"budget_scale": scale, "weight_share": 1.0}
                 params |= {f"weight_{m}": problem.weights.get(m, 1.0) for m in self._weight_knobs(problem)}
                 params |= {f"shift_{i}": 0 for i in range(1, len(problem.groups))} if self.max_group_shift else {}
@@ -122,16 +145,16 @@ class OptunaSolver(Solver):
     def _weight_knobs(self, problem: Problem) -> list[str]:
         return [s.metric for s in problem.scores] if len(problem.scores) > 1 else []
 
-    def _knob_trial(self, problem: Problem, trial: optuna.Trial) -> tuple[float, ...]:
-        scale = trial.suggest_float("budget_scale", self.min_scale, 1.0)
+    def _knob_config(self, problem: Problem, trial: optuna.Trial) -> BitConfig:
+        scale = trial.suggest_float("budget_scale", self._scale_floor, 1.0)
         weights = {m: trial.suggest_float(f"weight_{m}", 0.1, 10.0, log=True) for m in self._weight_knobs(problem)}
         share = trial.suggest_float("weight_share", 0.0, 1.0)
         shifts = [trial.suggest_int(f"shift_{i}", -self.max_group_shift, self.max_group_shift)
                   for i in range(1, len(problem.groups))] if self.max_group_shift else []
         blocks = _blocks(problem, self.max_blocks)
         offsets = {b: trial.suggest_float(f"offset_{b}", -1.0, 1.0) for b in blocks}
-        if _SEED in trial.user_attrs:  # an enqueued ILP solution: measure exactly that config
-            return self._measure(problem, trial, BitConfig.from_dict(trial.user_attrs[_SEED]))
+        if SEED_CONFIG in trial.user_attrs:  # an enqueued ILP solution: measure exactly that config
+            return BitConfig.from_dict(trial.user_attrs[SEED_CONFIG])
         changes: dict[str, Any] = {"budget": _budget(problem, scale, share)}
         if weights:
             changes["weights"] = weights
@@ -144,25 +167,32 @@ class OptunaSolver(Solver):
                 f: problem.score_multipliers.get(f, 1.0) * 4.0 ** offsets[b]
                 for b, members in blocks.items() for f in members}
         variant = problem.replace(**changes)
-        return self._measure(problem, trial, ilp.solve(variant, self.ilp_backend, threads=self.threads))
+        return ilp.solve(variant, self.ilp_backend, threads=self.threads)
 
-    def _direct_trial(self, problem: Problem, trial: optuna.Trial) -> tuple[float, ...]:
+    def _direct_config(self, problem: Problem, trial: optuna.Trial) -> BitConfig:
         plans = []
         for unit in problem.units:
             plans.append(tuple(
                 Bits.parse(trial.suggest_categorical(_param(unit.fqns[0], g), [str(b) for b in cands]))
                 if len(cands) > 1 else cands[0] for g, cands in enumerate(unit.candidates)))
         config = problem.config(plans)
-        if _SEED in trial.user_attrs:
-            config = BitConfig.from_dict(trial.user_attrs[_SEED])
+        if SEED_CONFIG in trial.user_attrs:
+            config = BitConfig.from_dict(trial.user_attrs[SEED_CONFIG])
         c = problem.costs(config)
         over = max(_value(c, lim.metric) / lim.absolute(problem.reference) - 1 for lim in problem.budget.limits)
-        trial.set_user_attr("constraint", [over])
-        return self._measure(problem, trial, config)
+        trial.set_constraint("budget", over)
+        return config
 
     def _measure(self, problem: Problem, trial: optuna.Trial, config: BitConfig) -> tuple[float, ...]:
-        trial.set_user_attr(_CONFIG, config.to_dict())
+        assert self.evaluate is not None
         measured = dict(self.evaluate(config))
+        for k, v in measured.items():
+            trial.set_user_attr(f"measured_{k}", float(v))
+        return self.objective_values(problem, config, measured)
+
+    def objective_values(self, problem: Problem, config: BitConfig, measured: Mapping[str, float]) -> tuple[float, ...]:
+        """The trial's objective values from its measurements (NaN ones when a value is not finite:
+        Optuna then marks the trial FAILED)."""
         c = problem.costs(config)
         values = []
         for name in self.objectives:
@@ -175,8 +205,6 @@ class OptunaSolver(Solver):
                 raise KeyError(f"objective {name!r} is neither returned by evaluate ({sorted(measured)}) "
                                "nor a budget metric")
             values.append(v)
-        for k, v in measured.items():
-            trial.set_user_attr(f"measured_{k}", float(v))
         if not all(math.isfinite(v) for v in values):
             return tuple(math.nan for _ in values)  # Optuna marks the trial FAILED
         return tuple(values)

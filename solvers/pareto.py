@@ -55,3 +55,19 @@ def hypervolume(points: Sequence[Point], reference: Point) -> float:
     from optuna._hypervolume import compute_hypervolume
 
     return float(compute_hypervolume(np.asarray(inside, dtype=float), np.asarray(reference, dtype=float)))
+
+
+def trailing_stale(points: Sequence[Point], tolerance: Sequence[float]) -> int:
+    """How many of the last points, in the order they were found, did not improve the front of the
+    points before them: a point improves it when no earlier point is within `tolerance` of it or
+    better in every objective (so a gain smaller than the tolerance does not count). Non-finite
+    points never improve it."""
+    seen: list[Point] = []
+    stale = 0
+    for p in points:
+        finite = all(math.isfinite(v) for v in p)
+        covered = any(all(q_k <= p_k + t for q_k, p_k, t in zip(q, p, tolerance, strict=True)) for q in seen)
+        stale = stale + 1 if not finite or covered else 0
+        if finite:
+            seen.append(p)
+    return stale

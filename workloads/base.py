@@ -83,6 +83,11 @@ class Workload(ABC):
         """How well the images follow their prompts; empty when the workload has no alignment model."""
         return {}
 
+    def distribution(self, test: Generation, offset: int = 0) -> dict[str, float]:
+        """Distance of `test`'s image distribution to real data (`offset`: which real images);
+        empty when the workload has no real data."""
+        return {}
+
     def calibration_run(self, batch: Batch) -> Callable[[OnStep], None]:
         """A `run(set_step)` for `quant.calibrate.calibrate_activations` over this batch."""
 

@@ -33,6 +33,8 @@ class StudyCreate(BaseModel):
     calibration_samples: int = Field(10, ge=1, le=10_000)
     seed: int = Field(0, ge=0)
     baselines: list[str] = Field(default_factory=lambda: ["W8A8", "W4A8"], max_length=32)
+    full_samples: int = Field(40, ge=1, le=10_000)
+    patience: int = Field(8, ge=0, le=10_000)
 
     @field_validator("budget")
     @classmethod

@@ -82,7 +82,24 @@ class Evaluator(ABC):
 
 # ---- the executor contract and registry ------------------------------------------------------------
 class Executor(ABC):
+    """Use as a context manager to keep workers alive across `run` calls (a study that evaluates in
+    rounds, like the `optuna` solver's, then loads the model once per worker, not once per round)."""
+
     name: str = ""
+
+    @property
+    def parallelism(self) -> int:
+        """How many candidates it evaluates at once (the size of a round worth asking for)."""
+        return 1
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:  # noqa: B027  (optional hook: only executors with workers to stop need it)
+        """Stop the workers kept alive by the `with` block."""
 
     @abstractmethod
     def run(self, study: str, storage: Storage, evaluator: Evaluator, *, progress: Progress = _quiet,

@@ -85,27 +85,52 @@ class RayExecutor(Executor):
         self.lease_timeout_s, self.max_attempts = lease_timeout_s, max_attempts
         self.max_restarts = 3 * workers if max_restarts is None else max_restarts
         self.actors: dict[int, Any] = {}  # the live actor handles (tests kill one to exercise restarts)
+        self._session = False  # inside `with`: actors (and a Ray we started) outlive each run()
+        self._started_ray = False
+        self._bound: tuple[str, int] | None = None  # (study, id(evaluator)) the live actors serve
+
+    @property
+    def parallelism(self) -> int:
+        return self.workers
+
+    def __enter__(self) -> RayExecutor:
+        self._session = True
+        return self
+
+    def close(self) -> None:
+        self._session = False
+        self._stop()
+
+    def _stop(self) -> None:
+        if self.actors:
+            ray = _ray()
+            for actor in self.actors.values():
+                ray.kill(actor)
+            self.actors.clear()
+        self._bound = None
+        if self._started_ray:
+            _ray().shutdown()
+            self._started_ray = False
 
     def run(self, study: str, storage: Storage, evaluator: Evaluator, *, progress: Progress = _quiet,
             max_seconds: float | None = None) -> int:
         ray = _ray()
-        started = False
         if not ray.is_initialized():
-            if self.address is None and storage.url.get_backend_name() == "sqlite":
-                pass  # one machine: SQLite in WAL mode is fine for a few workers
-            elif storage.url.get_backend_name() == "sqlite":
+            if self.address is not None and storage.url.get_backend_name() == "sqlite":
                 progress("warning: workers on other machines cannot reach a SQLite file; use PostgreSQL")
             ray.init(address=self.address, num_cpus=self.num_cpus if self.address is None else None,
                      include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-            started = True
-        try:
-            return self._coordinate(ray, study, storage, evaluator, progress, max_seconds)
-        finally:
+            self._started_ray = True
+        if self._bound != (study, id(evaluator)):  # actors serve one study's evaluator
             for actor in self.actors.values():
                 ray.kill(actor)
             self.actors.clear()
-            if started:
-                ray.shutdown()
+            self._bound = (study, id(evaluator))
+        try:
+            return self._coordinate(ray, study, storage, evaluator, progress, max_seconds)
+        finally:
+            if not self._session:
+                self._stop()
 
     def _coordinate(self, ray: Any, study: str, storage: Storage, evaluator: Evaluator, progress: Progress,
                     max_seconds: float | None) -> int:
@@ -131,9 +156,10 @@ class RayExecutor(Executor):
         def submit(i: int) -> None:
             runs[self.actors[i].run.remote(left())] = i
 
-        for i in range(self.workers):
-            spawn(i)
-        progress(f"ray: {self.workers} worker(s) x {self.threads_per_worker} thread(s)")
+        if not self.actors:
+            for i in range(self.workers):
+                spawn(i)
+            progress(f"ray: {self.workers} worker(s) x {self.threads_per_worker} thread(s)")
         done, restarts, last = 0, 0, None
         poll = min(1.0, self.lease_timeout_s / 4)
         while True:

@@ -16,6 +16,7 @@ from typing import Any
 
 from quant.config import BitConfig, ConfigError, TimestepGroups
 from search.exports import IMPORT_FORMATS, import_config
+from search.study import CHEAP
 
 
 def import_candidates(storage: Any, study: str, files: Sequence[str | Path], fmt: str = "json",
@@ -45,7 +46,7 @@ def import_candidates(storage: Any, study: str, files: Sequence[str | Path], fmt
             configs.append(to_groups(config, groups).to_dict())
         except ConfigError as e:
             raise ConfigError(f"{f}: {e}") from None
-    return storage.add_candidates(study, configs, "import") if configs else []
+    return storage.add_candidates(study, configs, "import", fidelity=CHEAP) if configs else []
 
 
 def to_groups(config: BitConfig, groups: TimestepGroups) -> BitConfig:

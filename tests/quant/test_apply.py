@@ -29,6 +29,20 @@ def test_ranges_are_per_group(tiny, tiny_input) -> None:
     assert ActivationRanges.from_dict(ranges.to_dict()) == ranges
 
 
+def test_per_step_ranges_regroup_exactly_as_calibrating_with_the_groups(tiny, tiny_input) -> None:
+    per_step = _calibrate(tiny, tiny_input, TimestepGroups.uniform(4, 4))
+    for groups in (GROUPS, TimestepGroups(4, (0, 3)), TimestepGroups(4, (0,))):
+        direct = _calibrate(tiny, tiny_input, groups)
+        merged = per_step.regroup(groups)
+        assert merged.groups == groups and merged.values.keys() == direct.values.keys()
+        for fqn, v in direct.values.items():
+            assert merged.values[fqn] == pytest.approx(v, rel=1e-6)
+    with pytest.raises(ConfigError, match="calibrate per step"):
+        _calibrate(tiny, tiny_input).regroup(TimestepGroups(4, (0, 3)))  # [0-1][2-3] cannot make [0-2][3]
+    with quantized(tiny, BitConfig.uniform(TimestepGroups(4, (0, 3)), "W8A8"), "fake", per_step) as qm:
+        assert qm is not None  # apply accepts ranges of a finer grouping
+
+
 @pytest.mark.parametrize("bits", ["W8A8", "W4A8", "W8A6"])
 def test_int8_matches_fake_on_the_same_config(tiny, tiny_input, bits: str) -> None:
     ranges = _calibrate(tiny, tiny_input)

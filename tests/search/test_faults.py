@@ -36,11 +36,13 @@ def _quiet(_m: str) -> None:
 
 
 def _exactly_once(st: Storage, study: str) -> None:
-    """Every candidate COMPLETE with exactly one evaluation: none lost, none evaluated twice."""
+    """Every candidate COMPLETE with exactly one evaluation at each fidelity it reached (cheap, then
+    full if promoted): none lost, none evaluated twice."""
     cands = st.list_candidates(study)
     assert cands and all(c.state == CandidateState.COMPLETE for c in cands), [(c.id, c.state, c.reason) for c in cands]
-    per = Counter(e.candidate_id for e in st.list_evaluations(study))
-    assert per == {c.id: 1 for c in cands}
+    per = Counter((e.candidate_id, e.fidelity) for e in st.list_evaluations(study))
+    reached = {"cheap": ("cheap",), "full": ("cheap", "full")}
+    assert per == {(c.id, f): 1 for c in cands for f in reached[c.fidelity]}
 
 
 class FakeEvaluator(Evaluator):
@@ -59,7 +61,7 @@ def _fake_study(tmp_path: Path, n: int = 3) -> tuple[str, Storage]:
     url = f"sqlite:///{tmp_path / 'fake.db'}"
     st = Storage(url)
     st.create_study("f", {"version": 1})
-    st.add_candidates("f", [{"version": 1, "i": i} for i in range(n)], "import")
+    st.add_candidates("f", [{"version": 1, "i": i} for i in range(n)], "import", fidelity="cheap")
     return url, st
 
 

@@ -12,7 +12,7 @@ from search.study import Study, StudySpec
 from storage import CandidateState
 
 SPEC = StudySpec(budget=("wbits=4.5",), timestep_groups=2, num_steps=8, trials=3, eval_samples=4,
-                 calibration_samples=2, baselines=("W8A8",))
+                 calibration_samples=2, baselines=("W8A8",), full_samples=6)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,30 @@ def test_every_candidate_evaluated_exactly_once(study) -> None:
     cands = study.storage.list_candidates("t")
     assert cands and all(c.state == CandidateState.COMPLETE for c in cands)
     evals = study.storage.list_evaluations("t")
-    assert sorted(e.candidate_id for e in evals) == sorted(c.id for c in cands)
+    cheap = sorted(e.candidate_id for e in evals if e.fidelity == "cheap")
+    assert cheap == sorted(c.id for c in cands)  # every candidate once, cheaply
+    full = sorted(e.candidate_id for e in evals if e.fidelity == "full")
+    assert full == sorted(c.id for c in cands if c.fidelity == "full")  # each promoted one once more
     assert all(e.measured and e.run_labels.get("simulated", 0) == 0 for e in evals)  # real int8 kernels
+
+
+def test_multi_fidelity_promotes_exactly_the_candidates_that_may_enter_the_front(study) -> None:
+    from solvers.pareto import non_dominated
+
+    points = study.front_points()
+    rows = [[-p.metrics["psnr_db"], p.costs["wbits"], p.costs["bops_g"]] for p in points]
+    may_enter = {points[i].candidate_id for i in non_dominated(rows)}
+    full = {p.candidate_id for p in points if "full" in p.fidelities}
+    assert full == may_enter and len(full) > 0
+    for p in points:
+        cheap_only = {"psnr_db", "ssim", "sqnr_db"} <= set(p.metrics)  # every candidate: fidelity to FP
+        assert cheap_only
+        assert ("prompt_accuracy" in p.metrics and "fcd" in p.metrics) == (p.candidate_id in full)
+    evals = {(e.candidate_id, e.fidelity): e for e in study.storage.list_evaluations("t")}
+    # the full evaluation generated its own, larger batch: more CPU time than the cheap one
+    assert all(evals[(c, "full")].duration_s > evals[(c, "cheap")].duration_s for c in full)
+    front = study.pareto(("prompt_accuracy", "wbits"))  # only candidates measured on alignment
+    assert front and {p.candidate_id for p in front} <= full
 
 
 def test_solver_proposals_respect_the_budget_and_front_is_non_dominated(study) -> None:
@@ -75,6 +97,8 @@ def test_cli_pareto_export_and_errors(study, tmp_path) -> None:
 def test_spec_validation() -> None:
     with pytest.raises(ConfigError, match="timestep_groups"):
         StudySpec(timestep_groups=30, num_steps=20)
-    with pytest.raises(ConfigError, match="cannot drive a study yet; use one of ilp, greedy"):
-        StudySpec(solver="optuna")
+    with pytest.raises(ConfigError, match="unknown solver 'magic'; valid: ilp, greedy, optuna"):
+        StudySpec(solver="magic")
+    with pytest.raises(ConfigError, match="patience"):
+        StudySpec(patience=-1)
     assert StudySpec.from_dict(SPEC.to_dict()) == SPEC

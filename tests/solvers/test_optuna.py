@@ -64,4 +64,4 @@ def test_direct_space_is_for_small_models_only(problem: Problem) -> None:
     with pytest.raises(ValueError, match="at most 64 layers"):
         OptunaSolver(evaluate=synthetic(p), space="direct").study(p)
     with pytest.raises(ValueError, match="pass evaluate"):
-        OptunaSolver()
+        OptunaSolver().study(p)

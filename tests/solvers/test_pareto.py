@@ -26,3 +26,14 @@ def test_hypervolume_2d_hand_computed() -> None:
 def test_hypervolume_3d_matches_inclusion_exclusion() -> None:
     # two boxes against (2,2,2): (0,1,1)-> 2*1*1=2, (1,0,1) -> 1*2*1=2, overlap [1,2]x[1,2]x[1,2] = 1
     assert hypervolume([(0, 1, 1), (1, 0, 1)], (2, 2, 2)) == pytest.approx(3.0)
+
+
+def test_trailing_stale_counts_points_since_the_front_last_improved() -> None:
+    from solvers.pareto import trailing_stale
+
+    tol = (0.1, 0.0)
+    assert trailing_stale([], tol) == 0
+    # (degradation, cost): the 2nd is cheaper (improves), the 3rd is worse, the 4th better by < tol, the 5th NaN
+    pts = [(1.0, 4.0), (2.0, 3.0), (2.5, 4.0), (0.95, 4.0), (math.nan, 1.0)]
+    assert trailing_stale(pts, tol) == 3
+    assert trailing_stale([*pts, (0.5, 4.0)], tol) == 0  # a real gain resets the count
