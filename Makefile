@@ -39,8 +39,9 @@ DEMO_DB := out/demo.db
 demo: install
 	mkdir -p out && rm -f $(DEMO_DB)*
 	$(VENV)/bin/bitsearch launch --name demo --model builtin --budget wbits=4.5 --timestep-groups 3 \
-		--trials 8 --db $(DEMO_DB)
+		--solver optuna --trials 16 --db $(DEMO_DB)
 	$(VENV)/bin/bitsearch pareto demo --db $(DEMO_DB) --plot out/demo_front.png
+	$(VENV)/bin/bitsearch pareto demo --db $(DEMO_DB) --objectives prompt_accuracy,wbits
 	$(VENV)/bin/bitsearch export demo --db $(DEMO_DB) --best-under wbits=4.5 -o out/demo_best.yaml
 	@echo "database: $(DEMO_DB)   Pareto plot: out/demo_front.png   best config: out/demo_best.yaml"
 

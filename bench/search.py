@@ -1,24 +1,30 @@
 """Search benchmark: evaluation throughput with 1 vs 2 Ray workers, and what the search buys.
 
-One study is prepared once (inventory, calibration, sensitivities, solver proposals + uniform
-baselines); each run starts from a fresh copy of that database, so every run evaluates the SAME
-candidate set on the built-in model with real int8 kernels. Printed side by side:
+One ILP study is prepared once (inventory, calibration, sensitivities, the ILP's budget sweep +
+uniform baselines). Printed side by side:
 
-- candidates evaluated per minute with the `ray` executor, 1 worker vs 2 workers, 1 torch thread
-  each: end to end (Ray start and each worker's model load included) and steady state (between the
-  first and the last recorded evaluation); the 2/1 ratio;
-- measured quality (PSNR to full precision) of the best solver config under the budget vs uniform
-  quantization at no more than the same average weight bits.
+- throughput: candidates evaluated per minute (cheap fidelity, real int8 kernels) by the `ray`
+  executor with 1 vs 2 workers, 1 torch thread each, each run on a fresh copy of the prepared
+  database (the SAME candidates), runs interleaved (1, 2, 1, 2, ...), medians: end to end (Ray start
+  and each worker's model load included) and steady state (first to last recorded evaluation);
+- quality at equal budget, every number a real quantized run on held-out prompts/seeds: uniform
+  quantization, the ILP-only front (the sweep, no Optuna), and the `optuna` solver's front (its
+  trials seeded by the ILP, each measured): best PSNR to full precision under the budget, the
+  hypervolume of each (PSNR, wbits) front under the budget, and the prompt accuracy of the best
+  config (its `full` evaluation); with how many cheap and full evaluations each method spent.
 
-    python bench/search.py                   # 20 steps, 8 eval images, 10 ILP trials (~3 min on 2 cores)
-    python bench/search.py --steps 8 --eval-samples 4 --trials 4   # quick look
+    python bench/search.py                   # 20 steps, 8 eval images, 10 ILP / 24 Optuna trials (~12 min)
+    python bench/search.py --steps 8 --eval-samples 4 --trials 4 --optuna-trials 6 --reps 1  # quick look
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +38,9 @@ warnings.filterwarnings("ignore")
 from quant.budget import Budget  # noqa: E402
 from search.executors import get_executor  # noqa: E402
 from search.study import Study, StudySpec  # noqa: E402
+from solvers.pareto import hypervolume  # noqa: E402
+
+HV_FLOOR_DB = 20.0  # PSNR below this adds no hypervolume (uniform W4 lands near 25 dB)
 
 
 def quiet(_m: str) -> None:
@@ -49,77 +58,110 @@ def prepare(path: Path, spec: StudySpec) -> None:
     s.storage.close()
 
 
-def run(prepared: Path, workdir: Path, workers: int) -> dict[str, float]:
-    path = workdir / f"ray{workers}.db"
+def throughput(prepared: Path, workdir: Path, workers: int, rep: int) -> dict[str, float]:
+    """Evaluate the prepared candidates (cheap fidelity only) on `workers` Ray workers."""
+    path = workdir / f"ray{workers}-{rep}.db"
     shutil.copy(prepared, path)
     study = Study.load("bench", str(path))
     executor = get_executor("ray", workers=workers, threads_per_worker=1, num_cpus=max(2, workers))
     t0 = time.perf_counter()
-    study.run(progress=quiet, executor=executor)
+    study.evaluate(study.activation_ranges(quiet), quiet, executor=executor)
     wall = time.perf_counter() - t0
     evals = study.storage.list_evaluations("bench")
-    first, last = evals[0].created_at, evals[-1].created_at
-    steady = (last - first).total_seconds()
+    steady = (evals[-1].created_at - evals[0].created_at).total_seconds()
     return {"n": len(evals), "wall_s": wall, "per_min": 60 * len(evals) / wall,
             "steady_per_min": 60 * (len(evals) - 1) / steady if steady > 0 else float("nan"),
             "workers_used": len({e.worker.rsplit(":", 1)[0] for e in evals if e.worker})}
 
 
-def quality(prepared: Path, workdir: Path, budget: str) -> None:
-    study = Study.load("bench", str(workdir / "ray1.db"))
-    limit = Budget.parse([budget]).limits[0]
-    if limit.metric != "wbits":
-        print(f"quality comparison needs a wbits budget, got {budget}")
-        return
-    points = [p for p in study.front_points() if p.costs["wbits"] <= limit.value + 1e-9]
-    solver = [p for p in points if p.origin != "uniform"]
-    uniform = [p for p in points if p.origin == "uniform"]
-    print(f"\nquality at {budget} (PSNR dB to full precision, {study.spec.eval_samples} images x "
-          f"{study.spec.num_steps} steps, int8 kernels):")
-    print(f"{'config':<34}{'origin':>8}{'wbits':>8}{'psnr_db':>10}{'sqnr_db':>10}")
-    for p in sorted(points, key=lambda p: -p.metrics["psnr_db"]):
-        rule = p.config.get("rules", {}).get("_default", "") if p.origin == "uniform" else ""
-        label = f"candidate {p.candidate_id}" + (f" ({rule} everywhere)" if rule else "")
-        print(f"{label:<34}{p.origin:>8}{p.costs['wbits']:>8.3f}{p.metrics['psnr_db']:>10.2f}"
-              f"{p.metrics.get('sqnr_db', float('nan')):>10.2f}")
-    if solver and uniform:
-        best = max(solver, key=lambda p: p.metrics["psnr_db"])
-        base = max(uniform, key=lambda p: p.metrics["psnr_db"])
-        print(f"best solver config: {best.metrics['psnr_db']:.2f} dB at {best.costs['wbits']:.3f} wbits; "
-              f"best uniform: {base.metrics['psnr_db']:.2f} dB at {base.costs['wbits']:.3f} wbits; "
-              f"gain {best.metrics['psnr_db'] - base.metrics['psnr_db']:+.2f} dB")
+def front_summary(study: Study, cap: float, origins: set[str]) -> dict[str, float]:
+    """Best PSNR under the wbits cap among `origins`, its prompt accuracy, and the hypervolume of
+    their (PSNR, wbits) points under the cap above HV_FLOOR_DB."""
+    points = [p for p in study.front_points() if p.origin in origins and p.costs["wbits"] <= cap + 1e-9]
+    best = max(points, key=lambda p: p.metrics["psnr_db"])
+    rows = [(HV_FLOOR_DB - p.metrics["psnr_db"], p.costs["wbits"]) for p in points]
+    evals = [e for e in study.storage.list_evaluations(study.name) if e.origin in origins]
+    return {"n": len(points), "cheap": sum(e.fidelity == "cheap" for e in evals),
+            "full": sum(e.fidelity == "full" for e in evals), "psnr": best.metrics["psnr_db"],
+            "wbits": best.costs["wbits"], "accuracy": best.metrics.get("prompt_accuracy", math.nan),
+            "hv": hypervolume(rows, (0.0, cap))}
+
+
+def compare(ilp_db: Path, workdir: Path, spec: StudySpec, optuna_trials: int) -> None:
+    cap = Budget.parse(list(spec.budget)).limits[0].value
+    ilp = Study.load("bench", str(ilp_db))
+    t0 = time.perf_counter()
+    ilp.run(progress=quiet)  # the cheap evaluations are in: this promotes and runs the full ones
+    ilp_s = time.perf_counter() - t0
+    tuned = Study.create("tuned", dataclasses.replace(spec, solver="optuna", trials=optuna_trials),
+                         str(workdir / "optuna.db"))
+    t0 = time.perf_counter()
+    tuned.run(progress=quiet)
+    tuned_s = time.perf_counter() - t0
+    rows = {"uniform": front_summary(ilp, cap, {"uniform"}),
+            "ILP only (sweep)": front_summary(ilp, cap, {"ilp"}),
+            "optuna (ILP-seeded)": front_summary(tuned, cap, {"ilp", "optuna"})}
+    print(f"\nquality at {spec.budget[0]}: PSNR (dB) to full precision on {spec.eval_samples} held-out images x "
+          f"{spec.num_steps} steps; prompt accuracy on {spec.full_samples} others; int8 kernels, measured")
+    print(f"{'method':<22}{'points':>7}{'cheap':>7}{'full':>6}{'best psnr':>11}{'at wbits':>10}"
+          f"{'accuracy':>10}{'HV':>8}")
+    for name, r in rows.items():
+        print(f"{name:<22}{r['n']:>7.0f}{r['cheap']:>7.0f}{r['full']:>6.0f}{r['psnr']:>11.2f}{r['wbits']:>10.3f}"
+              f"{r['accuracy']:>10.3f}{r['hv']:>8.2f}")
+    u, i, o = rows.values()
+    print(f"best ILP-only vs uniform: {i['psnr'] - u['psnr']:+.2f} dB; optuna vs ILP-only: "
+          f"{o['psnr'] - i['psnr']:+.2f} dB, hypervolume x{o['hv'] / i['hv']:.2f} "
+          f"(HV: area of the (psnr - {HV_FLOOR_DB:g} dB, wbits <= {cap:g}) front)")
+    print(f"wall: ILP study's full evaluations {ilp_s:.0f} s; optuna study end to end {tuned_s:.0f} s "
+          f"({optuna_trials} trials, 1 worker)")
+    full = [e for e in tuned.storage.list_evaluations("tuned")]
+    med = {f: statistics.median(e.duration_s for e in full if e.fidelity == f and e.duration_s) for f in ("cheap", "full")}
+    n_cheap = sum(e.fidelity == "cheap" for e in full)
+    n_full = sum(e.fidelity == "full" for e in full)
+    print(f"multi-fidelity (optuna study): {n_full} of {n_cheap} candidates got the full evaluation; median CPU "
+          f"s per evaluation: cheap {med['cheap']:.1f}, full {med['full']:.1f}; full on every candidate would "
+          f"have cost {(n_cheap - n_full) * med['full']:.0f} s more")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--eval-samples", type=int, default=8)
-    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--full-samples", type=int, default=32)
+    ap.add_argument("--trials", type=int, default=10, help="ILP sweep proposals")
+    ap.add_argument("--optuna-trials", type=int, default=24)
     ap.add_argument("--groups", type=int, default=3)
     ap.add_argument("--budget", default="wbits=4.5")
+    ap.add_argument("--reps", type=int, default=2, help="interleaved throughput runs per worker count")
     args = ap.parse_args()
     try:
         import ray
     except ImportError:
         sys.exit("bench/search.py needs Ray: pip install ray")
     spec = StudySpec(budget=(args.budget,), timestep_groups=args.groups, num_steps=args.steps, trials=args.trials,
-                     eval_samples=args.eval_samples, baselines=("W8A8", "W4A8", "W4A16"))
+                     eval_samples=args.eval_samples, full_samples=args.full_samples,
+                     baselines=("W8A8", "W4A8", "W4A16"))
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         t0 = time.perf_counter()
         prepare(workdir / "prepared.db", spec)
         print(f"built-in model, {args.steps} steps, {args.eval_samples} eval images, {args.groups} timestep groups, "
               f"budget {args.budget}; study prepared in {time.perf_counter() - t0:.1f} s "
-              f"(ray {ray.__version__}, {os.cpu_count()} CPUs)")
-        results = {w: run(workdir / "prepared.db", workdir, w) for w in (1, 2)}
-        print(f"\n{'ray workers':<12}{'candidates':>11}{'wall s':>9}{'per min':>9}{'steady/min':>12}{'used':>6}")
-        for w, r in results.items():
+              f"(ray {ray.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f})")
+        runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+        for rep in range(args.reps):
+            for w in (1, 2):
+                runs[w].append(throughput(workdir / "prepared.db", workdir, w, rep))
+        print(f"\n{'ray workers':<12}{'candidates':>11}{'wall s':>9}{'per min':>9}{'steady/min':>12}{'used':>6}"
+              f"   (medians of {args.reps} interleaved runs)")
+        med = {w: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for w, rs in runs.items()}
+        for w, r in med.items():
             print(f"{w:<12}{r['n']:>11.0f}{r['wall_s']:>9.1f}{r['per_min']:>9.1f}{r['steady_per_min']:>12.1f}"
                   f"{r['workers_used']:>6.0f}")
-        one, two = results[1], results[2]
+        one, two = med[1], med[2]
         print(f"2 vs 1 worker: x{two['per_min'] / one['per_min']:.2f} end to end, "
               f"x{two['steady_per_min'] / one['steady_per_min']:.2f} steady state")
-        quality(workdir / "prepared.db", workdir, args.budget)
+        compare(workdir / "ray1-0.db", workdir, spec, args.optuna_trials)
 
 
 if __name__ == "__main__":

@@ -312,6 +312,13 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")], db: DbOptio
     typer.echo(f"study {name}: {getattr(info.state, 'value', info.state)}")
     typer.echo(json.dumps(study.spec.to_dict(), indent=2))
     typer.echo("candidates: " + (", ".join(f"{getattr(k, 'value', k)}={v}" for k, v in counts.items()) or "none yet"))
+    typer.echo("evaluations (done/queued): " + ", ".join(f"{f} {d}/{q}" for f, (d, q) in
+                                                        study.evaluation_counts().items()))
+    if study.spec.solver == "optuna":
+        from search.optuna_rounds import optuna_study_name
+
+        url = study.storage.url.render_as_string(hide_password=False)
+        typer.echo(f"optuna study {optuna_study_name(name)!r} in the same database: optuna-dashboard {url}")
 
 
 @app.command()

@@ -10,7 +10,7 @@ proposes in rounds (search/optuna_rounds.py), each trial measured before the nex
 
 Evaluations are multi-fidelity. Every candidate gets the `cheap` one: `eval_samples` images, fidelity
 to full precision (PSNR, SSIM, per-step SQNR). Candidates that may enter the front (non-dominated on
-quality vs weight bits and bit-ops among the cheap evaluations) are promoted to the `full` one: the
+quality vs weight bits, or vs bit-ops, among the cheap evaluations) are promoted to the `full` one: the
 alignment and distribution metrics on `full_samples` other images. A candidate's metrics are the
 union of its evaluations'.
 
@@ -36,6 +36,7 @@ SPEC_VERSION = 1
 STUDY_SOLVERS = ("ilp", "greedy", "optuna")
 CHEAP, FULL = "cheap", "full"  # evaluation fidelities (see the module docstring)
 QUALITY = "psnr_db"  # the cheap quality metric that promotion and the optuna solver rank by
+PROMOTION_COSTS = ("wbits", "bops_g")  # a candidate on the quality front vs either gets the full evaluation
 Progress = Callable[[str], None]
 
 
@@ -289,16 +290,17 @@ class Study:
         self.storage.add_candidates(self.name, uniform, "uniform", fidelity=CHEAP)
 
     def promote(self, progress: Progress = print, dry_run: bool = False) -> int:
-        """Queue the `full` evaluation of every cheaply evaluated candidate that may enter the front
-        (non-dominated on quality, weight bits and bit-ops); returns how many (`dry_run`: only counts)."""
+        """Queue the `full` evaluation of every cheaply evaluated candidate that may enter a front (of
+        quality vs weight bits, or vs bit-ops); returns how many (`dry_run`: only counts)."""
         from solvers.pareto import non_dominated
         from storage import CandidateState
 
         cheap = {c.id for c in self.storage.list_candidates(self.name, states=[CandidateState.COMPLETE])
                  if c.fidelity == CHEAP}
         points = [p for p in self.front_points() if QUALITY in p.metrics]
-        rows = [[-p.metrics[QUALITY], p.costs["wbits"], p.costs["bops_g"]] for p in points]
-        todo = [points[i].candidate_id for i in non_dominated(rows) if points[i].candidate_id in cheap]
+        fronts = {i for cost in PROMOTION_COSTS for i in non_dominated([[-p.metrics[QUALITY], p.costs[cost]]
+                                                                         for p in points])}
+        todo = [points[i].candidate_id for i in sorted(fronts) if points[i].candidate_id in cheap]
         if todo and not dry_run:
             progress(f"multi-fidelity: {len(todo)} candidate(s) that may enter the front get the full evaluation "
                      f"({self.spec.full_samples} images: alignment and distribution metrics)")

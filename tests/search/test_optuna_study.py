@@ -104,3 +104,20 @@ def test_patience_stops_a_search_whose_front_stopped_improving(tmp_path: Path) -
     assert len(trials) < 30 and any("did not improve in the last 2 trials" in m for m in messages)
     assert trailing_stale(done, (0.05, 0.0)) >= 2
     assert study.storage.get_study("p").state.value == "COMPLETE"
+
+
+def test_optuna_dashboard_opens_the_study_from_the_database_url(resumed: Study) -> None:
+    import io
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna_dashboard import wsgi
+
+    app = wsgi(resumed.storage.url.render_as_string(hide_password=False))
+    environ: dict[str, Any] = {"PATH_INFO": "/api/studies", "REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO()}
+    setup_testing_defaults(environ)
+    status: list[str] = []
+    body = b"".join(app(environ, lambda s, h, *a: status.append(s)))  # type: ignore[arg-type]
+    assert status[0].startswith("200"), status
+    studies = {s["study_name"]: s for s in json.loads(body)["study_summaries"]}
+    assert studies[optuna_study_name("o")]["directions"] == ["minimize", "minimize"]
