@@ -262,11 +262,42 @@ class Study:
             out.append(scores)
         return out
 
+    def validate(self, progress: Progress = print, *, n_single: int = 12, n_mixed: int = 12,
+                 n_images: int = 4) -> list[dict[str, Any]]:
+        """How well each of the study's score sets ranks REAL degradation: `sensitivity.measure` on
+        held-out prompts/seeds (single layers and random mixed configs, quantized with the study's
+        backend; one measurement serves every estimator), then Spearman/Kendall per metric. Stored
+        as the study's latest `validation` artifact (see `validation()`); returned as dicts."""
+        from sensitivity import correlate, measure
+
+        layers = self.layers(progress)
+        scores = self.sensitivities(layers, progress)
+        bits = sorted({b for s in scores for (_, _, b) in s.values})
+        progress(f"validation: {n_single} single-layer and {n_mixed} mixed configs x {n_images} held-out images")
+        measured = measure(self.workload, [x.fqn for x in layers], bits, self.spec.groups, n_single=n_single,
+                           n_mixed=n_mixed, n_images=n_images, seed=self.spec.seed, backend=self.spec.backend)
+        results = [correlate(s, measured).to_dict() for s in scores]
+        self.storage.put_artifact(self.name, "validation", "validation.json", data=json.dumps(results).encode(),
+                                  media_type="application/json")
+        return results
+
+    def validation(self) -> list[dict[str, Any]] | None:
+        """The latest stored validation (see `validate`), or None."""
+        stored = self.storage.list_artifacts(self.name, kind="validation")
+        if not stored:
+            return None
+        return list(json.loads(self.storage.get_artifact(max(a.id for a in stored)).data))
+
     def problem(self, layers: Sequence[Any], scores: Sequence[Any]) -> Any:
-        """The solvers' problem: the study's layers, groups, scores, budget and candidate bits."""
+        """The solvers' problem: the study's layers, groups, budget, candidate bits, and per predicted
+        metric the scores of the first estimator (in `spec.estimators` order) that predicts it; the
+        others are stored and validated, not summed in (two estimates of one metric would count it twice)."""
         from solvers.problem import Problem
 
-        return Problem(list(layers), self.spec.groups, list(scores), Budget.parse(list(self.spec.budget)),
+        first: dict[str, Any] = {}
+        for s in scores:
+            first.setdefault(s.metric, s)
+        return Problem(list(layers), self.spec.groups, list(first.values()), Budget.parse(list(self.spec.budget)),
                        backend=self.spec.backend, candidates=list(self.spec.bits))
 
     def propose(self, layers: Sequence[Any], scores: Sequence[Any], progress: Progress = print) -> None:

@@ -102,3 +102,26 @@ def test_spec_validation() -> None:
     with pytest.raises(ConfigError, match="patience"):
         StudySpec(patience=-1)
     assert StudySpec.from_dict(SPEC.to_dict()) == SPEC
+
+
+def test_validation_is_stored_with_the_study_and_shown_by_status(study) -> None:
+    results = study.validate(lambda m: None, n_single=4, n_mixed=4, n_images=2)
+    assert [r["estimator"] for r in results] == list(SPEC.estimators)
+    for r in results:
+        assert r["counts"] == {"single": 4, "mixed": 4} and not r["simulated"]
+        for kind in ("single", "mixed"):
+            rho = r["correlations"][kind]["quality"]["spearman"]
+            assert rho is None or -1.0 <= rho <= 1.0
+    assert study.validation() == results
+    out = CliRunner().invoke(app, ["status", "t", "--db", str(study.storage.url)])
+    assert out.exit_code == 0 and "sensitivity validation" in out.output and "gradient" in out.output
+
+
+def test_first_estimator_of_each_metric_feeds_the_solver(study) -> None:
+    from quant.scores import Scores
+
+    layers = study.layers()
+    gradient = study.sensitivities(layers, lambda m: None)[0]
+    other = Scores("mse", "quality", gradient.groups, {k: 2 * v for k, v in gradient.values.items()})
+    problem = study.problem(layers, [gradient, other])
+    assert [s.estimator for s in problem.scores] == ["gradient"]
