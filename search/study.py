@@ -56,6 +56,26 @@ def check_solver(name: str) -> None:
         raise ConfigError(f"unknown solver {name!r}; valid: {', '.join(STUDY_SOLVERS)}")
 
 
+def check_budget(spec: StudySpec, layers: Sequence[Any]) -> None:
+    """Reject a budget that no config of `spec.bits` meets. Every budget metric grows with the bits of
+    each layer independently, so the cheapest uniform config reaches each limit's lowest value."""
+    from quant.budget import cost_of
+    from quant.cost import costs, full_precision_costs
+
+    reference = full_precision_costs(layers, spec.num_steps)
+    for lim in Budget.parse(list(spec.budget)).limits:
+        if lim.metric == "latency":
+            raise ConfigError("latency budgets need a per-layer latency table, which studies do not build yet; "
+                              "budget on wbits, size, bops or memory")
+        low = min(cost_of(costs(BitConfig.uniform(spec.groups, b), layers), lim.metric) for b in spec.bits)
+        cap = lim.absolute(reference)
+        if low > cap * (1 + 1e-9):
+            lowest = lim.value * low / cap
+            raise ConfigError(f"budget {lim} is infeasible: the lowest {lim.metric} the bits {', '.join(spec.bits)} "
+                              f"reach on this model is {lowest:.4g}{'x' if lim.relative else ''}; raise the limit or "
+                              "allow lower bits")
+
+
 @dataclass(frozen=True)
 class StudySpec:
     """What a study searches; stored as versioned JSON with the study.
@@ -133,15 +153,20 @@ class Study:
     # ---- create / load ------------------------------------------------------------------------
     @classmethod
     def create(cls, name: str, spec: StudySpec, db: str | None = None) -> Study:
-        """A new study; the model is loaded first, so a bad model writes nothing to the database."""
+        """A new study. The model is loaded, its layers listed and the budget checked against them
+        first, so a bad model or an infeasible budget writes nothing to the database."""
+        from quant.layers import inventory
         from storage import Storage
         from workloads.base import load_workload
 
         workload = load_workload(spec.model, num_steps=spec.num_steps)
         st = Storage(db)
-        st.create_study(name, spec.to_dict())
         study = cls(name, spec, st)
         study._workload = workload
+        layers = inventory(workload.denoiser, study._example_inputs())
+        check_budget(spec, layers)
+        st.create_study(name, spec.to_dict())
+        st.add_layers(name, [asdict(layer) for layer in layers])
         return study
 
     @classmethod

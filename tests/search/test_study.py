@@ -86,6 +86,11 @@ def test_cli_pareto_export_and_errors(study, tmp_path) -> None:
                       (["launch", "--name", "x", "--budget", "wbits=abc", "--db", db], "cannot parse budget"),
                       (["launch", "--name", "t", "--db", db], "already exists"),
                       (["launch", "--name", "y", "--estimators", "magic", "--db", db], "unknown estimator 'magic'"),
+                      (["launch", "--name", "y", "--budget", "wbits=3", "--steps", "8", "--db", db],
+                       "budget wbits=3 is infeasible: the lowest wbits the bits W8A8, W6A8, W4A8, W8A16, W4A16 reach "
+                       "on this model is 4"),
+                      (["launch", "--name", "y", "--budget", "latency=0.1", "--steps", "8", "--db", db],
+                       "latency budgets need a per-layer latency table"),
                       (["launch", "--name", "z", "--model", str(tmp_path / "none"), "--db", db], "neither a workload"),
                       (["export", "t", "--db", db, "-o", str(tmp_path / "x.json")], "exactly one of")]:
         out = runner.invoke(app, args)
