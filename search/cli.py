@@ -561,8 +561,13 @@ def _run(study: Any, executor: Any, threads: int, max_seconds: float | None) -> 
     from search.executors import pin_threads
 
     pin_threads(threads)  # the coordinator's own stages too: oversubscribed threads ran 50x slower here
-    with _StudyProgress(study) as bars:
-        study.run(progress=bars.message, max_seconds=max_seconds, executor=executor)
+    from quant.config import ConfigError
+
+    try:
+        with _StudyProgress(study) as bars:
+            study.run(progress=bars.message, max_seconds=max_seconds, executor=executor)
+    except ConfigError as e:  # e.g. a latency budget below what the measured latency table allows
+        _fail(e)
     if study.storage.get_study(study.name).state.value == "COMPLETE":
         typer.echo(f"study {study.name} finished; see `bitsearch pareto {study.name}`")
     else:

@@ -58,15 +58,15 @@ def check_solver(name: str) -> None:
 
 def check_budget(spec: StudySpec, layers: Sequence[Any]) -> None:
     """Reject a budget that no config of `spec.bits` meets. Every budget metric grows with the bits of
-    each layer independently, so the cheapest uniform config reaches each limit's lowest value."""
+    each layer independently, so the cheapest uniform config reaches each limit's lowest value.
+    Latency limits are checked by the solver once the study has measured its latency table."""
     from quant.budget import cost_of
     from quant.cost import costs, full_precision_costs
 
     reference = full_precision_costs(layers, spec.num_steps)
     for lim in Budget.parse(list(spec.budget)).limits:
         if lim.metric == "latency":
-            raise ConfigError("latency budgets need a per-layer latency table, which studies do not build yet; "
-                              "budget on wbits, size, bops or memory")
+            continue
         low = min(cost_of(costs(BitConfig.uniform(spec.groups, b), layers), lim.metric) for b in spec.bits)
         cap = lim.absolute(reference)
         if low > cap * (1 + 1e-9):
@@ -199,7 +199,7 @@ class Study:
                 from search.optuna_rounds import OptunaRounds
 
                 self._add_baselines()
-                rounds = OptunaRounds(self, self.problem(layers, scores))
+                rounds = OptunaRounds(self, self.problem(layers, scores, progress))
                 searched = rounds.run(ranges, executor, progress, deadline)
             else:
                 self.propose(layers, scores, progress)
@@ -313,7 +313,7 @@ class Study:
             return None
         return list(json.loads(self.storage.get_artifact(max(a.id for a in stored)).data))
 
-    def problem(self, layers: Sequence[Any], scores: Sequence[Any]) -> Any:
+    def problem(self, layers: Sequence[Any], scores: Sequence[Any], progress: Progress = print) -> Any:
         """The solvers' problem: the study's layers, groups, budget, candidate bits, and per predicted
         metric the scores of the first estimator (in `spec.estimators` order) that predicts it; the
         others are stored and validated, not summed in (two estimates of one metric would count it twice)."""
@@ -322,8 +322,49 @@ class Study:
         first: dict[str, Any] = {}
         for s in scores:
             first.setdefault(s.metric, s)
-        return Problem(list(layers), self.spec.groups, list(first.values()), Budget.parse(list(self.spec.budget)),
-                       backend=self.spec.backend, candidates=list(self.spec.bits))
+        budget = Budget.parse(list(self.spec.budget))
+        latency = self.latency_table(progress) if any(lim.metric == "latency" for lim in budget.limits) else None
+        return Problem(list(layers), self.spec.groups, list(first.values()), budget, backend=self.spec.backend,
+                       candidates=list(self.spec.bits), latency=latency)
+
+    def latency_table(self, progress: Progress = print) -> Any:
+        """Per-layer seconds per denoiser forward at each candidate bit-width on this machine and thread
+        count (quant.latency), measured once and cached in the database for every study of the model.
+        The study records which machine's table it solved with (see `solved_latency_table`)."""
+        import socket
+
+        import torch
+
+        from quant.latency import measure_latency
+
+        machine = f"{socket.gethostname()}/{torch.get_num_threads()}t"
+        key = (self.spec.model, self.spec.backend, machine)
+        wanted = {Bits(16, 16), *(Bits.parse(b) for b in self.spec.bits)}
+        table = self._stored_latency(machine)
+        if not self.storage.list_artifacts(self.name, kind="latency_machine"):
+            self.storage.put_artifact(self.name, "latency_machine", "machine.txt", data=machine.encode(),
+                                      media_type="text/plain")
+        if not table or any(not wanted <= set(per) for per in table.values()):
+            progress(f"latency table: {len(self.layers())} layers x {len(wanted)} bit-widths on {machine}")
+            inputs = self._example_inputs()
+            table = {fqn: dict(per) for fqn, per in measure_latency(
+                self.workload.denoiser, lambda: self.workload.denoiser(**inputs), sorted(wanted), self.spec.backend,
+                self.activation_ranges(progress)).items()}
+            self.storage.put_latency(*key, {(fqn, b.w, b.a): s for fqn, per in table.items() for b, s in per.items()})
+        return table
+
+    def solved_latency_table(self) -> Any:
+        """The latency table this study solved with (read from the database, never measured), or None."""
+        recorded = self.storage.list_artifacts(self.name, kind="latency_machine")
+        if not recorded:
+            return None
+        return self._stored_latency(self.storage.get_artifact(recorded[0].id).data.decode()) or None
+
+    def _stored_latency(self, machine: str) -> dict[str, dict[Bits, float]]:
+        table: dict[str, dict[Bits, float]] = {}
+        for (fqn, w, a), seconds in self.storage.get_latency(self.spec.model, self.spec.backend, machine).items():
+            table.setdefault(fqn, {})[Bits(w, a)] = seconds
+        return table
 
     def propose(self, layers: Sequence[Any], scores: Sequence[Any], progress: Progress = print) -> None:
         """Solver proposals (a budget sweep around the target) and uniform baselines, added once."""
@@ -331,13 +372,17 @@ class Study:
 
         if self.storage.list_candidates(self.name):
             return
-        problem = self.problem(layers, scores)
+        problem = self.problem(layers, scores, progress)
         first = problem.budget.limits[0]
         lo, hi = 0.9 * first.value, first.value  # the front just under the target budget
         values = [lo + (hi - lo) * i / max(1, self.spec.trials - 1) for i in range(self.spec.trials)]
         progress(f"solver: {self.spec.solver} sweep of {first.metric} over {values[0]:.3g}..{values[-1]:.3g}")
         solver = get_solver(self.spec.solver, sweep=values) if self.spec.solver == "ilp" else get_solver(self.spec.solver)
         configs = solver.solve(problem)
+        if not configs:  # every budget of the sweep was infeasible: say why, with the lowest reachable value
+            from solvers.ilp import diagnose
+
+            raise diagnose(problem)
         self.storage.add_candidates(self.name, [c.to_dict() for c in configs], self.spec.solver, fidelity=CHEAP)
         self._add_baselines()
 
@@ -446,15 +491,18 @@ class Study:
         from quant.cost import costs
 
         layers = self.layers()
+        latency = self.solved_latency_table()
         evaluations: dict[int, list[Any]] = {}
         for ev in self.storage.list_evaluations(self.name):
             evaluations.setdefault(ev.candidate_id, []).append(ev)
         points = []
         for cid, evs in evaluations.items():
-            c = costs(BitConfig.from_dict(evs[0].config), layers)
+            c = costs(BitConfig.from_dict(evs[0].config), layers, latency)
+            cost = {"wbits": c.avg_weight_bits, "size_mb": c.weight_bytes / 1e6, "bops_g": c.bops / 1e9}
+            if c.latency_s is not None:  # predicted from the latency table (the evaluation holds the measured one)
+                cost["latency_ms"] = 1e3 * c.latency_s
             points.append(FrontPoint(cid, _origin(evs[0].origin), {k: v for ev in evs for k, v in ev.metrics.items()},
-                                     {"wbits": c.avg_weight_bits, "size_mb": c.weight_bytes / 1e6,
-                                      "bops_g": c.bops / 1e9}, all(ev.measured for ev in evs), evs[0].config,
+                                     cost, all(ev.measured for ev in evs), evs[0].config,
                                      tuple(ev.fidelity for ev in evs)))
         return points
 

@@ -89,8 +89,6 @@ def test_cli_pareto_export_and_errors(study, tmp_path) -> None:
                       (["launch", "--name", "y", "--budget", "wbits=3", "--steps", "8", "--db", db],
                        "budget wbits=3 is infeasible: the lowest wbits the bits W8A8, W6A8, W4A8, W8A16, W4A16 reach "
                        "on this model is 4"),
-                      (["launch", "--name", "y", "--budget", "latency=0.1", "--steps", "8", "--db", db],
-                       "latency budgets need a per-layer latency table"),
                       (["launch", "--name", "z", "--model", str(tmp_path / "none"), "--db", db], "neither a workload"),
                       (["export", "t", "--db", db, "-o", str(tmp_path / "x.json")], "exactly one of")]:
         out = runner.invoke(app, args)
@@ -130,3 +128,27 @@ def test_first_estimator_of_each_metric_feeds_the_solver(study) -> None:
     other = Scores("mse", "quality", gradient.groups, {k: 2 * v for k, v in gradient.values.items()})
     problem = study.problem(layers, [gradient, other])
     assert [s.estimator for s in problem.scores] == ["gradient"]
+
+
+def test_latency_budget_is_solved_against_a_measured_cached_table(study, monkeypatch) -> None:
+    import dataclasses
+
+    from quant.config import Bits
+
+    table = study.latency_table(lambda m: None)
+    layers = study.layers()
+    assert set(table) == {x.fqn for x in layers}
+    assert all(set(per) == {Bits(16, 16), *(Bits.parse(b) for b in SPEC.bits)} for per in table.values())
+    import quant.latency
+
+    monkeypatch.setattr(quant.latency, "measure_latency", None)  # a second call must not measure again
+    assert study.latency_table(lambda m: None) == table
+    assert study.solved_latency_table() == table
+    lat = Study("t", dataclasses.replace(SPEC, budget=("latency=1.3x", "wbits=6")), study.storage)
+    lat._workload, lat._layers = study.workload, layers
+    problem = lat.problem(layers, study.sensitivities(layers, lambda m: None), lambda m: None)
+    from solvers.ilp import solve
+
+    config = solve(problem)
+    fp = costs(BitConfig.uniform(SPEC.groups, "W16A16"), layers, table).latency_s
+    assert costs(config, layers, table).latency_s <= 1.3 * fp * (1 + 1e-9)
