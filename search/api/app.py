@@ -151,7 +151,10 @@ def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
         info = storage.get_study(name)
         counts = {s.value: n for s, n in storage.count_candidates(name).items()}
         done = sum(n for s, n in counts.items() if CandidateState(s).is_final)
-        return StudyDetail(**_study_out(info).model_dump(), candidates=counts, total=sum(counts.values()), done=done)
+        study = _study(storage, name)
+        return StudyDetail(**_study_out(info).model_dump(), candidates=counts, total=sum(counts.values()), done=done,
+                           evaluations={f: list(v) for f, v in study.evaluation_counts().items()},
+                           validation=study.validation())
 
     @app.get("/studies/{name}/candidates", dependencies=[Depends(read_auth)])
     def list_candidates(name: str, state: Annotated[list[CandidateState] | None, Query()] = None,

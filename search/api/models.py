@@ -94,6 +94,9 @@ class StudyDetail(StudyOut):
     candidates: dict[str, int] = Field(description="Candidates per state (progress).")
     total: int
     done: int
+    evaluations: dict[str, list[int]] = Field(description="Per fidelity (cheap, full): [done, queued so far].")
+    validation: list[dict[str, Any]] | None = Field(
+        None, description="The latest sensitivity validation (`bitsearch validate`): rank correlations per estimator.")
 
 
 class CandidateOut(BaseModel):

@@ -117,6 +117,9 @@ def test_study_launched_through_the_api_matches_the_cli_front(client, db) -> Non
     assert info["state"] == "COMPLETE", info
     assert info["total"] == info["done"] == info["candidates"]["COMPLETE"] > 0
     assert info["spec"]["num_steps"] == 8
+    cheap_done, cheap_queued = info["evaluations"]["cheap"]
+    assert cheap_done == cheap_queued == info["total"] and info["evaluations"]["full"][0] >= 1
+    assert info["validation"] is None  # none run yet
 
     front = client.get("/studies/api/pareto", params={"objectives": "psnr_db,wbits"}, headers=AUTH).json()
     expected = Study.load("api", db).pareto(("psnr_db", "wbits"))
