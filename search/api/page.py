@@ -63,14 +63,34 @@ def _plot(study: Any, chosen: Any) -> str:
               "margin": {"t": 20}, "height": 420}
     rows = "".join(
         f"<tr><td>{p.candidate_id}</td><td>{escape(p.origin)}</td><td>{p.costs['wbits']:.3f}</td>"
-        f"<td>{p.metrics.get('psnr_db', float('nan')):.2f}</td><td>{'yes' if p.measured else 'no'}</td></tr>"
+        f"<td>{p.metrics.get('psnr_db', float('nan')):.2f}</td><td>{_maybe(p.metrics.get('prompt_accuracy'))}</td>"
+        f"<td>{'yes' if p.measured else 'no'}</td></tr>"
         for p in front)
     script = (f'<script src="/static/plotly.min.js"></script>\n<script>Plotly.newPlot("front", {_script_json(traces)}, '
               f"{_script_json(layout)}, {{responsive: true}});</script>") if plotly_js() is not None else \
         "<p>(plotly is not installed on the server: the front is shown as a table only)</p>"
     return (f'<div id="front" data-points="{len(points)}"></div>\n{script}\n'
             '<table id="front-table"><tr><th>candidate</th><th>origin</th><th>avg weight bits</th><th>PSNR dB</th>'
-            f"<th>measured</th></tr>{rows}</table>")
+            f"<th>prompt accuracy (full evaluation)</th><th>measured</th></tr>{rows}</table>")
+
+
+def _maybe(value: float | None) -> str:
+    return "&ndash;" if value is None else f"{value:.3f}"
+
+
+def _validation(study: Any) -> str:
+    """The stored sensitivity validation (`bitsearch validate`) as a table, or nothing."""
+    results = study.validation()
+    if not results:
+        return ""
+    cells = [("single", "quality"), ("single", "alignment"), ("mixed", "quality"), ("mixed", "alignment")]
+    head = "".join(f"<th>{k}: &rho; {m}</th>" for k, m in cells)
+    rows = "".join(
+        f"<tr><td>{escape(r['estimator'])} ({escape(r['metric'])})</td>"
+        + "".join(f"<td>{_maybe(r['correlations'][k][m]['spearman'])}</td>" for k, m in cells) + "</tr>"
+        for r in results)
+    return ("<h2>Sensitivity validation (Spearman &rho; with measured degradation, held-out prompts/seeds)</h2>"
+            f'<table id="validation"><tr><th>estimator (metric)</th>{head}</tr>{rows}</table>')
 
 
 def _heatmap(study: Any, chosen: Any) -> str:
@@ -104,7 +124,7 @@ def render_page(study: Any) -> str:
                 f"{_heatmap(study, chosen)}"
                 "<h2>Samples: full precision (top) vs chosen config (bottom)</h2>"
                 f'<img id="samples" alt="FP vs quantized samples" src="/studies/{escape(quote(study.name, safe=""))}'
-                '/samples.png">')
+                f'/samples.png">{_validation(study)}')
     spec = escape(json.dumps(study.spec.to_dict()))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>bitsearch: {name}</title>

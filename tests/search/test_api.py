@@ -138,4 +138,11 @@ def test_study_launched_through_the_api_matches_the_cli_front(client, db) -> Non
         assert r.status_code == 200 and r.text, (fmt, r.text)
     assert client.get(f"/studies/api/candidates/{cid}/export", params={"format": "pickle"},
                       headers=AUTH).status_code == 422
+
+    stored = Study.load("api", db).validate(lambda m: None, n_single=3, n_mixed=3, n_images=1)
+    assert client.get("/studies/api", headers=AUTH).json()["validation"] == stored
+    page = client.get("/studies/api/page", headers=AUTH).text
+    assert 'id="validation"' in page and "gradient (quality)" in page
+    accuracy = {p.candidate_id: p.metrics.get("prompt_accuracy") for p in expected}
+    assert any(f"<td>{a:.3f}</td>" in page for a in accuracy.values() if a is not None)
     assert client.get("/studies/api/candidates/999999/export", headers=AUTH).status_code == 404
