@@ -50,9 +50,12 @@ class OptunaRounds:
         self.study, self.problem = study, problem
         spec = study.spec
         url = study.storage.url.render_as_string(hide_password=False)
+        seeds = max(1, min(5, spec.trials // 3))
+        # Few trials: 4 block offsets (not 8) and TPE modelling from the first trial after the seeds.
+        # Chosen on bench/search.py (24 trials, builtin): see bench/results/search-ray-cpu-1thread.txt.
         self.solver = OptunaSolver(sampler="tpe", objectives=("degradation", "cost"), storage=url,
-                                   study_name=optuna_study_name(study.name), seed=spec.seed,
-                                   seed_points=max(1, min(5, spec.trials // 3)))
+                                   study_name=optuna_study_name(study.name), seed=spec.seed, seed_points=seeds,
+                                   max_blocks=4, startup_trials=seeds + 1)
 
     def run(self, ranges: Any, executor: Executor, progress: Progress, deadline: float | None) -> bool:
         """Ask, evaluate and tell rounds until the search is over (True) or `deadline` passes (False)."""

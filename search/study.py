@@ -571,7 +571,7 @@ def _left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.time())
 
 
-MAXIMISED = ("psnr_db", "sqnr_db", "ssim", "prompt_accuracy", "clip_score", "clip_score_real")
+MAXIMISED = ("psnr_db", "sqnr_db", "ssim", "prompt_accuracy", "prompt_probability", "clip_score", "clip_score_real")
 
 
 def _minimised(point: FrontPoint, objective: str) -> float:

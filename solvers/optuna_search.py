@@ -21,7 +21,8 @@ metric, in the budget's units. Knobs (space="knobs", the default):
 space="direct" (at most 64 layers): one categorical per (unit, group), budget as an Optuna
 constraint. Either way the ILP sweep's configs are enqueued as the first trials (exactly those
 configs: they ride along as user attributes). Trials with NaN/inf measurements FAIL and never reach
-the front. `storage` is any Optuna storage URL (the service passes its database).
+the front. `storage` is any Optuna storage URL (the service passes its database). `sampler`: nsga2,
+or tpe (multivariate, random for its first `startup_trials`, the enqueued seeds included).
 
 Two ways to drive it: `solve`/`study` run `optimize` with `evaluate` measuring each trial in turn;
 a caller that measures trials elsewhere (search/ evaluates a round of trials on its executors) uses
@@ -32,6 +33,7 @@ tell Optuna) with Optuna's ask/tell interface, and passes no `evaluate`.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +61,7 @@ class OptunaSolver(Solver):
                  objectives: Sequence[str] = ("degradation", "cost"), space: str = "knobs",
                  storage: str | None = None, study_name: str | None = None, seed: int | None = None,
                  seed_points: int = 5, min_scale: float = 0.5, max_group_shift: int = 1, max_blocks: int = 8,
-                 ilp_backend: str = "auto", threads: int | None = None) -> None:
+                 ilp_backend: str = "auto", threads: int | None = None, startup_trials: int = 10) -> None:
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
         if space not in SPACES:
@@ -70,7 +72,7 @@ class OptunaSolver(Solver):
         self.space, self.storage, self.study_name, self.seed = space, storage, study_name, seed
         self.seed_points, self.min_scale, self.max_group_shift, self.max_blocks = (
             seed_points, min_scale, max_group_shift, max_blocks)
-        self.ilp_backend, self.threads = ilp_backend, threads
+        self.ilp_backend, self.threads, self.startup_trials = ilp_backend, threads, startup_trials
         self._scale_floor = min_scale  # raised by `open` to the lowest feasible share of the budget
 
     def solve(self, problem: Problem) -> list[BitConfig]:
@@ -98,10 +100,17 @@ class OptunaSolver(Solver):
             raise ConfigError(f"space='direct' is for models of at most {DIRECT_MAX_LAYERS} layers "
                               f"(this one has {len(problem.layers)}); use space='knobs'")
 
-        cls = optuna.samplers.NSGAIISampler if self.sampler == "nsga2" else optuna.samplers.TPESampler
+        if self.sampler == "nsga2":
+            sampler: optuna.samplers.BaseSampler = optuna.samplers.NSGAIISampler(seed=self.seed)
+        else:
+            with warnings.catch_warnings():  # multivariate TPE is "experimental" since Optuna 2.2
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # multivariate: the knobs interact (budget share x group shifts x block offsets)
+                sampler = optuna.samplers.TPESampler(seed=self.seed, multivariate=True,
+                                                     n_startup_trials=self.startup_trials)
         study = optuna.create_study(
             storage=self.storage, study_name=self.study_name, load_if_exists=self.study_name is not None,
-            directions=["minimize"] * len(self.objectives), sampler=cls(seed=self.seed),
+            directions=["minimize"] * len(self.objectives), sampler=sampler,
         )
         primary = problem.budget.limits[0]
         low = ilp.smallest(problem, primary.metric, others=True, backend=self.ilp_backend, threads=self.threads)
