@@ -8,11 +8,12 @@ nothing is simulated; the run labels are printed) on the held-out `eval` split (
 other seeds): single layers, and whole random mixed configs at budgets of 5/15/30% of (layer, group)
 entries quantized. Printed side by side: wall time (also as a multiple of one FP generation of the
 estimators' calibration batch), and Spearman rho / Kendall tau of prediction vs measurement for
-quality (image MSE vs FP) and alignment (relative drop of prompt accuracy and CLIP score).
+quality (image MSE vs FP) and alignment (per image, the share of the classifier's probability of the
+prompted digit and of the CLIP score lost vs the FP image, averaged: `sensitivity._common.alignment_drop`).
 Then the per-group view: predicted share of W4 degradation per timestep group, next to the measured
 image MSE of W4 on every layer in that group only.
 
-    python bench/sensitivity.py                    # full run (~30 min on 1 busy core)
+    python bench/sensitivity.py                    # full run (~25 min on 1 core, mostly `decoupled`)
     python bench/sensitivity.py --layers 12 --n-single 8 --n-mixed 8   # quick look
 """
 
@@ -52,8 +53,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=None, help="first N layers (default all)")
     ap.add_argument("--groups", type=int, nargs="+", default=[1, 3])
     ap.add_argument("--images", type=int, default=4, help="calibration images of the gradient-type estimators")
-    ap.add_argument("--decoupled-images", type=int, default=2, help="calibration images of `decoupled`")
-    ap.add_argument("--eval-images", type=int, default=4)
+    ap.add_argument("--decoupled-images", type=int, default=4, help="calibration images of `decoupled`")
+    ap.add_argument("--eval-images", type=int, default=32,
+                    help="held-out images of each measured run (fewer: the measured ranking is mostly noise)")
     ap.add_argument("--n-single", type=int, default=30)
     ap.add_argument("--n-mixed", type=int, default=30)
     ap.add_argument("--estimators", nargs="+", default=None)

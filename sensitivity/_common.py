@@ -86,13 +86,27 @@ def image_mse(reference: Tensor, test: Tensor) -> float:
     return float((reference.double() - test.double()).pow(2).mean())
 
 
-def alignment_drop(reference: Mapping[str, float], test: Mapping[str, float]) -> float:
-    """Alignment degradation: mean over the workload's alignment metrics of the relative drop vs full
-    precision (prompt accuracy and CLIP score live on different scales). 0 without alignment metrics."""
+def alignment_drop(reference: Mapping[str, Tensor], test: Mapping[str, Tensor]) -> float:
+    """Alignment degradation from per-image alignment scores (`Workload.alignment_scores`) of the
+    full-precision and the quantized images of the same batch: for each metric, the share of the FP
+    score lost image by image, mean_i max(0, ref_i - test_i) / mean_i |ref_i| (scores live on different
+    scales), averaged over the metrics; 0 for identical images or without alignment metrics.
+
+    Paired and continuous on purpose: an image that happens to follow its prompt better does not
+    cancel one that got worse (quantization noise moves scores both ways; a difference of batch means
+    would be mostly that noise), and a continuous score (the classifier's probability of the prompted
+    digit, not whether its argmax is right) moves with every image instead of in steps of 1/B."""
     keys = [k for k in reference if k in test]
     if not keys:
         return 0.0
-    return sum((reference[k] - test[k]) / max(abs(reference[k]), 1e-12) for k in keys) / len(keys)
+    total = 0.0
+    for k in keys:
+        ref, tst = reference[k].double(), test[k].double()
+        if ref.shape != tst.shape:
+            raise ValueError(f"alignment score {k!r}: {tuple(ref.shape)} reference vs {tuple(tst.shape)} test values; "
+                             "score the same batch")
+        total += float((ref - tst).clamp(min=0).mean()) / max(float(ref.abs().mean()), 1e-12)
+    return total / len(keys)
 
 
 # ---- recording and replaying the sampler's denoiser calls ---------------------------------------------

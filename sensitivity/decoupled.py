@@ -4,10 +4,11 @@ For every (layer, timestep group, bits): quantize that ONE layer at those bits d
 (`quant.apply`, real kernels by default), generate the fixed calibration batch, and measure
 separately
 - quality: image MSE vs the full-precision images of the same seeds (PSNR = -10 log10 MSE);
-- alignment: relative drop of the workload's alignment metrics (prompt accuracy, CLIP score) vs FP.
+- alignment: the share of the per-image alignment scores (`Workload.alignment_scores`: e.g. the
+  classifier's probability of the prompted digit, CLIP score) lost vs the FP images (`_common.alignment_drop`).
 The FP reference is generated once per (workload, batch) and cached. Because the whole trajectory
-is run, the amplification of early errors is captured by construction. Measured drops below 0
-(noise: a quantized layer that happens to align better) are clipped at 0 in the Scores.
+is run, the amplification of early errors is captured by construction. The alignment drop counts
+per-image losses only (an image that happens to align better offsets nothing), so it is never below 0.
 
 `metric="both"` combines the two, each divided by its mean, with MixDQ's layer grouping as the
 default weighting: "content" layers (cross-attention `attn2`, feed-forward `ff`) weigh alignment by
@@ -26,6 +27,8 @@ from sensitivity import _common as C
 from sensitivity.base import BitsArg, Estimator, GroupsArg, LayersArg, register, scores_from, weighted_sum
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from workloads.base import Generation, Workload
 
 CONTENT_LAYERS = re.compile(r".*(attn2|\.ff\.|\.ff$).*")
@@ -41,7 +44,7 @@ class DecoupledEstimator(Estimator):
         self.metric = metric
         self.n_images, self.backend, self.content_weight = n_images, backend, content_weight
         # FP reference per (workload, batch), reused by later calls of THIS instance (same model assumed)
-        self._reference: dict[tuple[int, Any], tuple[Generation, dict[str, float]]] = {}
+        self._reference: dict[tuple[int, Any], tuple[Generation, dict[str, Tensor]]] = {}
 
     def estimate(self, workload: Workload, layers: LayersArg, bits: BitsArg, groups: GroupsArg) -> Scores:
         return self.estimate_metrics(workload, layers, bits, groups)[self.metric]
@@ -54,7 +57,7 @@ class DecoupledEstimator(Estimator):
         key = (id(workload), batch)
         if key not in self._reference:  # FP reference, reused across calls and group settings
             ref = workload.generate(batch)
-            self._reference[key] = (ref, workload.alignment(batch, ref))
+            self._reference[key] = (ref, workload.alignment_scores(batch, ref))
         ref, ref_align = self._reference[key]
         quality: dict[ScoreKey, float] = {}
         alignment: dict[ScoreKey, float] = {}
@@ -64,7 +67,7 @@ class DecoupledEstimator(Estimator):
             with quantized(workload.denoiser, BitConfig(grp, {n: plan}), self.backend, ranges) as qm:
                 test = workload.generate(batch, on_step=qm.set_step)
             quality[(n, g, b)] = C.image_mse(ref.images, test.images)
-            alignment[(n, g, b)] = C.alignment_drop(ref_align, workload.alignment(batch, test))
+            alignment[(n, g, b)] = C.alignment_drop(ref_align, workload.alignment_scores(batch, test))
         out = {"quality": scores_from(self.name, "quality", grp, quality),
                "alignment": scores_from(self.name, "alignment", grp, alignment)}
         cw = self.content_weight

@@ -5,7 +5,8 @@ split (prompts and seeds never used by the estimators, which only see `calibrati
 (a) single layers: one (layer, group, bits) at a time, the rest in full precision;
 (b) whole mixed configs: random configs at several budgets (each (layer, group) quantized with
     probability `budget`, at random bits), which is what a solver's additive objective must predict;
-and records the quality (image MSE vs FP) and alignment (relative drop) degradation of each.
+and records the quality (image MSE vs FP) and alignment (`_common.alignment_drop`: per-image share of
+the alignment scores lost vs FP) degradation of each.
 `correlate` compares a Scores' prediction (its value, or the sum over a config's entries) with those
 measurements by Spearman and Kendall rank correlation, per measured metric. `validate` does both.
 Measurements do not depend on the scores, so one `measure` serves every estimator of a study.
@@ -100,7 +101,7 @@ def measure(
     batch = workload.batch(n_images, split="eval")
     ranges = C.calibrate(workload, groups, pairs, workload.batch(n_images, split="calibration"))
     reference = workload.generate(batch)
-    ref_align = workload.alignment(batch, reference)
+    ref_align = workload.alignment_scores(batch, reference)
     triples = [(n, g, b) for n in layers for g in range(G) for b in pairs]
     plans: list[tuple[str, tuple[ScoreKey, ...], float | None]] = [
         ("single", (t,), None) for t in rng.sample(triples, min(n_single, len(triples)))]
@@ -121,7 +122,7 @@ def measure(
             for label, count in qm.label_counts().items():
                 ran_as[label] = ran_as.get(label, 0) + count
         items.append(Measured(kind, entries, C.image_mse(reference.images, test.images),
-                              C.alignment_drop(ref_align, workload.alignment(batch, test)), budget))
+                              C.alignment_drop(ref_align, workload.alignment_scores(batch, test)), budget))
     return Measurements(groups, items, n_images, backend, simulated, ran_as)
 
 

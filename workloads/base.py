@@ -9,7 +9,8 @@ Metrics come in two families, reported separately because the decoupled sensitiv
 needs both (MixDQ):
 - `quality`: fidelity to the full-precision model on the same seeds and initial noise (SQNR of
   denoiser outputs, PSNR/SSIM of images) and distribution quality;
-- `alignment`: how well the images follow their prompts.
+- `alignment`: how well the images follow their prompts (batch means in `alignment`, per-image
+  continuous scores in `alignment_scores`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 OnStep = Callable[[int], None]
@@ -82,6 +84,13 @@ class Workload(ABC):
     def alignment(self, batch: Batch, test: Generation) -> dict[str, float]:
         """How well the images follow their prompts; empty when the workload has no alignment model."""
         return {}
+
+    def alignment_scores(self, batch: Batch, test: Generation) -> dict[str, Tensor]:
+        """Per-image alignment, higher = follows its prompt better: one (B,) tensor per continuous
+        alignment metric. Sensitivity measures alignment degradation from these, image by image against
+        the full-precision images of the same batch. Default: each `alignment()` metric as one
+        batch-level value (shape (1,)); override it where per-image, continuous scores exist."""
+        return {k: torch.tensor([v], dtype=torch.float64) for k, v in self.alignment(batch, test).items()}
 
     def distribution(self, test: Generation, offset: int = 0) -> dict[str, float]:
         """Distance of `test`'s image distribution to real data (`offset`: which real images);

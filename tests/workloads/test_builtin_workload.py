@@ -35,7 +35,15 @@ def test_full_precision_follows_prompts_and_w8a8_stays_close(wl) -> None:
     ref = wl.generate(batch, record_steps=True)
     assert ref.images.shape == (20, 1, 16, 16) and len(ref.step_outputs) == 20
     assert torch.equal(wl.generate(batch).images, ref.images)  # deterministic per seed
-    assert wl.alignment(batch, ref)["prompt_accuracy"] >= 0.85
+    align = wl.alignment(batch, ref)
+    assert align["prompt_accuracy"] >= 0.85
+    scores = wl.alignment_scores(batch, ref)
+    assert set(scores) == {"prompt_probability", "clip_score"} and all(v.shape == (20,) for v in scores.values())
+    assert ((scores["prompt_probability"] >= 0) & (scores["prompt_probability"] <= 1)).all()
+    # the continuous prompt accuracy: mean probability of the prompted digit, close to the accuracy here
+    assert align["prompt_probability"] == pytest.approx(float(scores["prompt_probability"].mean()))
+    assert abs(align["prompt_probability"] - align["prompt_accuracy"]) < 0.15
+    assert align["clip_score"] == pytest.approx(float(scores["clip_score"].mean()))
     groups = TimestepGroups(20)
     ranges = calibrate_activations(wl.denoiser, groups, wl.calibration_run(wl.batch(10, split="calibration")))
     with quantized(wl.denoiser, BitConfig.uniform(groups, "W8A8"), "int8", ranges) as qm:

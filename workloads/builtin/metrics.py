@@ -2,8 +2,9 @@
 
 Fidelity to full precision (SQNR, PSNR, SSIM) is shared by every workload: see ``workloads.metrics``.
 Here: distribution quality, ``frechet_classifier_distance`` (FCD), with ``fcd_noise_floor`` measured
-real-vs-real. Text alignment: ``prompt_accuracy`` (independent classifier) and ``clip_score`` (the
-shipped CLIP-style pair), or ``hf_clip_score`` with a real CLIP model the user has on disk. Quality and alignment are separate numbers on purpose: the decoupled
+real-vs-real. Text alignment: ``prompt_accuracy`` and its continuous form ``prompt_probabilities`` (independent
+classifier), ``clip_score``/``clip_scores`` (the shipped CLIP-style pair), or ``hf_clip_score`` with a
+real CLIP model the user has on disk. Quality and alignment are separate numbers on purpose: the decoupled
 sensitivity estimator needs both.
 """
 
@@ -76,13 +77,30 @@ def prompt_accuracy(images: torch.Tensor, digits: Sequence[int], classifier: Any
 
 
 @torch.no_grad()
-def clip_score(images: torch.Tensor, prompts: Sequence[str], clip: Any | None = None) -> float:
-    """CLIPScore with the shipped CLIP-style pair: mean over images of 100 * max(cos(image, prompt), 0)."""
+def prompt_probabilities(images: torch.Tensor, digits: Sequence[int], classifier: Any | None = None) -> torch.Tensor:
+    """Per image, the independent classifier's probability (softmax) of the prompted digit: a continuous
+    prompt accuracy (their mean is ``prompt_probability``), which moves with every image instead of in
+    steps of 1/len(images). Shape (B,), float64."""
+    from .metric_models import load_classifier
+
+    clf = classifier or load_classifier()
+    probs = clf(images.float()).double().softmax(1)
+    return probs[torch.arange(len(probs)), torch.as_tensor(list(digits))]
+
+
+@torch.no_grad()
+def clip_scores(images: torch.Tensor, prompts: Sequence[str], clip: Any | None = None) -> torch.Tensor:
+    """Per image, 100 * max(cos(image, prompt), 0) with the shipped CLIP-style pair. Shape (B,), float64."""
     from .metric_models import load_clip
 
     model = clip or load_clip()
     cos = (model.embed_images(images.float()) * model.embed_prompts(list(prompts))).sum(-1)
-    return float((100 * cos.clamp(min=0)).mean().item())
+    return (100 * cos.clamp(min=0)).double()
+
+
+def clip_score(images: torch.Tensor, prompts: Sequence[str], clip: Any | None = None) -> float:
+    """CLIPScore with the shipped CLIP-style pair: the mean over images of ``clip_scores``."""
+    return float(clip_scores(images, prompts, clip).mean())
 
 
 @torch.no_grad()

@@ -13,7 +13,14 @@ import torch
 from workloads.base import Batch, Generation, OnStep, Workload, register, split_batch
 
 from .metric_models import load_classifier, load_clip
-from .metrics import clip_score, frechet_classifier_distance, hf_clip_score, prompt_accuracy, real_images
+from .metrics import (
+    clip_scores,
+    frechet_classifier_distance,
+    hf_clip_score,
+    prompt_accuracy,
+    prompt_probabilities,
+    real_images,
+)
 from .model import load_builtin
 from .sampling import generate
 from .text import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, digit_forms, prompt_table
@@ -66,14 +73,19 @@ class BuiltinWorkload(Workload):
             raise ValueError(f"prompt {e.args[0]!r} is not one of the built-in digit prompts") from None
 
     def alignment(self, batch: Batch, test: Generation) -> dict[str, float]:
-        """Share of images the independent classifier reads as the prompted digit, and CLIP-style score."""
-        out = {
-            "prompt_accuracy": prompt_accuracy(test.images, self.digits(batch), self._metric("classifier")),
-            "clip_score": clip_score(test.images, batch.prompts, self._metric("clip")),
-        }
+        """Share of images the independent classifier reads as the prompted digit, and the means of
+        `alignment_scores` (classifier probability of the prompted digit, CLIP-style score)."""
+        out = {"prompt_accuracy": prompt_accuracy(test.images, self.digits(batch), self._metric("classifier"))}
+        out.update({k: float(v.mean()) for k, v in self.alignment_scores(batch, test).items()})
         if self.clip_model is not None:
             out["clip_score_real"] = hf_clip_score(test.images, batch.prompts, self.clip_model)
         return out
+
+    def alignment_scores(self, batch: Batch, test: Generation) -> dict[str, torch.Tensor]:
+        """Per image: the classifier's probability of the prompted digit (`prompt_probability`, a
+        continuous prompt accuracy) and the CLIP-style score (`clip_score`), both from shipped models."""
+        return {"prompt_probability": prompt_probabilities(test.images, self.digits(batch), self._metric("classifier")),
+                "clip_score": clip_scores(test.images, batch.prompts, self._metric("clip"))}
 
     def distribution(self, test: Generation, offset: int = 0) -> dict[str, float]:
         """Fréchet distance on the classifier's features (FCD) against as many real test digits."""
