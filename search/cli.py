@@ -338,9 +338,9 @@ def validate(
     """Check the study's sensitivity scores against real degradation, and store the result.
 
     Measures single-layer and random mixed configs on held-out prompts and seeds (never used by the
-    estimators), quantized with the study's backend, and prints each estimator's Spearman and Kendall
-    rank correlation with the measured quality (image MSE vs full precision) and alignment drop.
-    `bitsearch status NAME` shows the stored result.
+    estimators), quantized with the study's backend, and prints each estimator's Spearman rank
+    correlation with the measured quality (image MSE vs full precision) and alignment drop (Kendall's
+    tau is stored too). `bitsearch status NAME` shows the stored result.
 
     Example:
 
