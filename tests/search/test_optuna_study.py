@@ -121,3 +121,16 @@ def test_optuna_dashboard_opens_the_study_from_the_database_url(resumed: Study) 
     assert status[0].startswith("200"), status
     studies = {s["study_name"]: s for s in json.loads(body)["study_summaries"]}
     assert studies[optuna_study_name("o")]["directions"] == ["minimize", "minimize"]
+
+
+@pytest.mark.postgres
+def test_optuna_study_on_postgresql_lives_in_the_same_schema(pg_url: str) -> None:
+    spec = dataclasses.replace(SPEC, trials=3)
+    study = Study.create("pg", spec, pg_url)
+    study.run(progress=_quiet)
+    trials = _trials(study)  # loaded from the study's own URL (its search_path schema)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    cheap = {e.candidate_id for e in study.storage.list_evaluations("pg", fidelity="cheap")}
+    assert {t.user_attrs[CANDIDATE_ATTR] for t in trials} <= cheap
+    assert study.storage.get_study("pg").state.value == "COMPLETE"
+    study.storage.close()
