@@ -673,14 +673,22 @@ def serve(
     open_reads: Annotated[bool, typer.Option("--open-reads", help="Serve reads without the token.")] = False,
     model_root: Annotated[list[str] | None, typer.Option("--model-root", help="Directory whose model "
                                                           "directories studies may use (repeatable).")] = None,
+    executor: ExecutorOption = None,
+    workers: WorkersOption = 1,
+    threads_per_worker: ThreadsOption = 1,
+    ray_address: RayAddressOption = None,
+    heartbeat_timeout: HeartbeatOption = 60.0,
 ) -> None:
     """Serve the HTTP API (OpenAPI at /docs). Writes need `Authorization: Bearer $BITSEARCH_TOKEN`.
 
     Without BITSEARCH_TOKEN the server starts only with --open-reads, and then refuses every write.
+    Studies created through the API run in the background on the executor the options choose.
 
     Example:
 
         BITSEARCH_TOKEN=$(openssl rand -hex 16) bitsearch serve --port 8000 --model-root ~/models
+
+        BITSEARCH_TOKEN=... bitsearch serve --workers 2 --threads-per-worker 1   # studies on 2 Ray workers
     """
     import os
 
@@ -696,8 +704,11 @@ def serve(
     from search.api import create_app
     from storage import StorageError
 
+    _executor(executor, workers, threads_per_worker, ray_address, heartbeat_timeout)  # bad options fail now
     try:
-        api = create_app(db, token, open_reads=open_reads, model_roots=roots)
+        api = create_app(db, token, open_reads=open_reads, model_roots=roots,
+                         executor=lambda: _executor(executor, workers, threads_per_worker, ray_address,
+                                                    heartbeat_timeout))
     except StorageError as e:
         _fail(e)
     if token is None:

@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from quant.config import BitConfig, ConfigError
 from search.api.models import CandidateOut, FrontPointOut, StudyCreate, StudyDetail, StudyOut
+from search.executors.base import Executor
 from storage import CandidateState, Origin, Storage, StorageError, StudyState
 from storage.errors import DuplicateStudyError, StudyNotFoundError
 
@@ -75,10 +76,12 @@ class BodySizeLimit:
 
 
 def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
-               model_roots: Sequence[str | Path] = (), max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               model_roots: Sequence[str | Path] = (), max_body_bytes: int = MAX_BODY_BYTES,
+               executor: Callable[[], Executor] | None = None) -> FastAPI:
     """The API over the database at `db_url`. Writes need `Authorization: Bearer <token>` (with no
     token every write is refused); reads too unless `open_reads`. Studies may use the built-in model
-    or a model directory under one of `model_roots`."""
+    or a model directory under one of `model_roots`, and run in the background on a new executor from
+    `executor()` each (default: `local`, in the server's process)."""
     storage = Storage(db_url)
     roots = [Path(r).resolve() for r in model_roots]
     runs: dict[str, threading.Thread] = {}
@@ -121,7 +124,7 @@ def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
 
     @app.post("/studies", status_code=202, dependencies=[Depends(write_auth)])
     def create_study(body: StudyCreate) -> StudyOut:
-        """Create a study and run it in the background on the local executor."""
+        """Create a study and run it in the background on the server's executor."""
         from search.study import Study, StudySpec
 
         model = _check_model(body.model, roots)
@@ -137,7 +140,8 @@ def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
             raise HTTPException(409, str(e)) from None
         except (ConfigError, ValueError, StorageError) as e:
             raise HTTPException(422, str(e)) from None
-        thread = threading.Thread(target=_run, args=(study,), name=f"study-{body.name}", daemon=True)
+        thread = threading.Thread(target=_run, args=(study, executor() if executor else None),
+                                  name=f"study-{body.name}", daemon=True)
         runs[body.name] = thread
         thread.start()
         return _study_out(storage.get_study(body.name))
@@ -253,10 +257,10 @@ def _study_out(info: Any) -> StudyOut:
                     updated_at=info.updated_at.isoformat())
 
 
-def _run(study: Any) -> None:
+def _run(study: Any, executor: Executor | None) -> None:
     """A study's pipeline in a background thread; a crash marks it FAILED."""
     try:
-        study.run(progress=lambda m: log.info("%s: %s", study.name, m))
+        study.run(progress=lambda m: log.info("%s: %s", study.name, m), executor=executor)
     except Exception:
         log.exception("study %s failed", study.name)
         try:

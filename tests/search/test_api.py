@@ -146,3 +146,28 @@ def test_study_launched_through_the_api_matches_the_cli_front(client, db) -> Non
     accuracy = {p.candidate_id: p.metrics.get("prompt_accuracy") for p in expected}
     assert any(f"<td>{a:.3f}</td>" in page for a in accuracy.values() if a is not None)
     assert client.get("/studies/api/candidates/999999/export", headers=AUTH).status_code == 404
+
+
+@pytest.mark.slow
+def test_api_studies_run_on_the_servers_executor(tmp_path) -> None:
+    import os
+
+    pytest.importorskip("ray", reason="the ray executor needs Ray")
+    from search.executors import get_executor
+
+    db = str(tmp_path / "ray.db")
+    made: list[object] = []
+
+    def ray_executor() -> object:
+        made.append(get_executor("ray", workers=2, threads_per_worker=1, num_cpus=2, lease_timeout_s=10))
+        return made[-1]
+
+    api = TestClient(create_app(db, TOKEN, executor=ray_executor))  # type: ignore[arg-type]
+    assert api.post("/studies", json={"name": "r", **TINY}, headers=AUTH).status_code == 202
+    deadline = time.monotonic() + 240
+    while (info := api.get("/studies/r", headers=AUTH).json())["state"] not in ("COMPLETE", "FAILED"):
+        assert time.monotonic() < deadline, info
+        time.sleep(0.5)
+    assert info["state"] == "COMPLETE" and len(made) == 1
+    workers = {e.worker.rsplit(":", 1)[0] for e in Study.load("r", db).storage.list_evaluations("r") if e.worker}
+    assert workers and not any(str(os.getpid()) in w.split(":") for w in workers)  # evaluated in Ray actors
