@@ -376,8 +376,9 @@ def _print_validation(results: list[dict[str, Any]]) -> None:
 @app.command()
 def pareto(
     name: Annotated[str, typer.Argument(help="Study name.")],
-    objectives: Annotated[str, typer.Option("--objectives", help="Quality metric and cost, comma-separated.")] =
-    "psnr_db,wbits",
+    objectives: Annotated[str, typer.Option("--objectives", help="Metrics and costs, comma-separated: e.g. "
+                                            "quality (= psnr_db), ssim, prompt_accuracy; wbits, size_mb, bops_g, "
+                                            "latency_ms.")] = "psnr_db,wbits",
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
     plot: Annotated[str | None, typer.Option("--plot", help="Write a PNG plot of all points and the front.")] = None,
     db: DbOption = None,
@@ -389,9 +390,10 @@ def pareto(
         bitsearch pareto demo --objectives sqnr_db,wbits --format csv --plot front.png
     """
     from quant.config import ConfigError
+    from search.study import objective_name
 
     study = _load(name, db)
-    objs = [o.strip() for o in objectives.split(",") if o.strip()]
+    objs = [objective_name(o.strip()) for o in objectives.split(",") if o.strip()]
     if fmt not in ("table", "json", "csv"):
         _fail(f"unknown format {fmt!r}; valid: table, json, csv")
     try:

@@ -508,9 +508,11 @@ class Study:
 
     def pareto(self, objectives: Sequence[str] = ("psnr_db", "wbits")) -> list[FrontPoint]:
         """Non-dominated points among those measured on every objective (an alignment metric exists only
-        for candidates with a `full` evaluation): metrics in MAXIMISED are maximised, the rest minimised."""
+        for candidates with a `full` evaluation): metrics in MAXIMISED are maximised, the rest minimised.
+        `quality` names the study's quality metric (QUALITY)."""
         from solvers.pareto import non_dominated
 
+        objectives = [objective_name(o) for o in objectives]
         every = self.front_points()
         known = {*(k for p in every for k in p.metrics), *(k for p in every for k in p.costs)}
         unknown = [o for o in objectives if o not in known]
@@ -564,6 +566,11 @@ class _Captured(Exception):
 
 def _origin(origin: Any) -> str:
     return str(getattr(origin, "value", origin))
+
+
+def objective_name(objective: str) -> str:
+    """An objective as the front knows it: `quality` is the quality metric the study ranks by."""
+    return QUALITY if objective == "quality" else objective
 
 
 def _left(deadline: float | None) -> float | None:

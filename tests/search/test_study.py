@@ -78,6 +78,8 @@ def test_cli_pareto_export_and_errors(study, tmp_path) -> None:
     runner = CliRunner()
     out = runner.invoke(app, ["pareto", "t", "--db", db, "--format", "json"])
     assert out.exit_code == 0, out.output
+    alias = runner.invoke(app, ["pareto", "t", "--db", db, "--format", "json", "--objectives", "quality,wbits"])
+    assert alias.exit_code == 0 and alias.output == out.output  # `quality` is the study's quality metric
     path = tmp_path / "best.json"
     out = runner.invoke(app, ["export", "t", "--db", db, "--best-under", "wbits=4.5", "-o", str(path)])
     assert out.exit_code == 0, out.output
