@@ -465,17 +465,12 @@ class Study:
     def evaluation_counts(self) -> dict[str, tuple[int, int]]:
         """(done, queued so far) evaluations per fidelity: done counts stored evaluations and candidates
         that ended FAILED or INVALID at that fidelity; queued adds those WAITING or RUNNING."""
-        from storage import CandidateState
-
+        counts = self.storage.count_by_fidelity(self.name)
         out = {}
-        evaluations = self.storage.list_evaluations(self.name)
-        candidates = self.storage.list_candidates(self.name)
         for f in (CHEAP, FULL):
-            done = sum(e.fidelity == f for e in evaluations) + sum(
-                c.fidelity == f and c.state in (CandidateState.FAILED, CandidateState.INVALID) for c in candidates)
-            queued = sum(c.fidelity == f and c.state in (CandidateState.WAITING, CandidateState.RUNNING)
-                         for c in candidates)
-            out[f] = (done, done + queued)
+            c = counts.get(f, {})
+            done = c.get("evaluations", 0) + c.get("FAILED", 0) + c.get("INVALID", 0)
+            out[f] = (done, done + c.get("WAITING", 0) + c.get("RUNNING", 0))
         return out
 
     def _done(self) -> bool:

@@ -586,6 +586,25 @@ class Storage:
 
         return self._db.run(fn, readonly=True)
 
+    def count_by_fidelity(self, study: str) -> dict[str, dict[str, int]]:
+        """Per fidelity: candidates currently at it by state value, and `evaluations` stored at it
+        (progress without reading configs: cheap enough to poll)."""
+
+        def fn(s: Session) -> dict[str, dict[str, int]]:
+            sid = self._study(s, study).id
+            out: dict[str, dict[str, int]] = {}
+            by_state = (select(Candidate.fidelity, Candidate.state, func.count()).where(Candidate.study_id == sid)
+                        .group_by(Candidate.fidelity, Candidate.state))
+            for fidelity, state, n in s.execute(by_state).all():
+                out.setdefault(fidelity, {})[CandidateState(state).value] = int(n)
+            evaluated = (select(Evaluation.fidelity, func.count()).where(Evaluation.study_id == sid)
+                         .group_by(Evaluation.fidelity))
+            for fidelity, n in s.execute(evaluated).all():
+                out.setdefault(fidelity, {})["evaluations"] = int(n)
+            return out
+
+        return self._db.run(fn, readonly=True)
+
     # ---- leases: claim, heartbeat, reclaim ----------------------------------------------------
     def claim(self, study: str, owner: str, *, now: datetime | None = None) -> CandidateInfo | None:
         """Atomically take the next WAITING candidate (highest priority, then oldest) for `owner`

@@ -142,11 +142,13 @@ def test_promote_to_higher_fidelity(storage: Storage) -> None:
     assert c is not None and c.fidelity == "cheap"
     storage.complete(c.id, "w", metrics={"mse": 1.0}, backend="int8", machine="m", run_labels={"int8-kernel": 1})
     storage.promote(c.id, "full", priority=10)
+    assert storage.count_by_fidelity("s") == {"cheap": {"evaluations": 1}, "full": {"WAITING": 1}}
     again = storage.claim("s", "w")
     assert again is not None and again.id == c.id and again.fidelity == "full" and again.attempts == 1
     storage.complete(c.id, "w", metrics={"fid": 3.0}, backend="int8", machine="m", run_labels={"int8-kernel": 1})
     assert {e.fidelity: e.metrics for e in storage.get_evaluations(c.id)} == {"cheap": {"mse": 1.0}, "full": {"fid": 3.0}}
     assert [e.candidate_id for e in storage.list_evaluations("s", fidelity="full")] == [c.id]
+    assert storage.count_by_fidelity("s") == {"cheap": {"evaluations": 1}, "full": {"COMPLETE": 1, "evaluations": 1}}
 
 
 def test_artifacts_round_trip(storage: Storage) -> None:
