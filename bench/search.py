@@ -80,15 +80,16 @@ def throughput(prepared: Path, workdir: Path, workers: int, rep: int) -> dict[st
 def heldout_psnr(study: Study, config: dict, n: int) -> float:
     """PSNR of `config` on `n` images whose seeds neither the search (cheap) nor the full evaluation
     used: the best of many noisy measurements is optimistic on the images it was picked on."""
-    from quant.apply import quantized
-    from quant.config import BitConfig
+    from types import SimpleNamespace
+
+    from search.study import CHEAP, QUALITY
 
     wl = study.workload
     batch = wl.batch(n, offset=study.spec.eval_samples + study.spec.full_samples)
-    ref = wl.generate(batch)
-    with quantized(wl.denoiser, BitConfig.from_dict(config), study.spec.backend, study.activation_ranges(quiet)) as qm:
-        test = wl.generate(batch, on_step=qm.set_step)
-    return wl.quality(ref, test)["psnr_db"]
+    reference = (batch, wl.generate(batch, record_steps=True))
+    outcome = study.measure(SimpleNamespace(config=config, fidelity=CHEAP), study.activation_ranges(quiet),
+                            lambda: reference)  # the study's own cheap measurement, on other seeds
+    return outcome.metrics[QUALITY]
 
 
 def front_summary(study: Study, cap: float, origins: set[str]) -> dict[str, float]:

@@ -27,7 +27,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from quant.config import BitConfig
-from search.study import CHEAP, QUALITY, Progress, Study, _left
+from search.study import CHEAP, QUALITY, Progress, Study, seconds_left
 from solvers.optuna_search import SEED_CONFIG, OptunaSolver
 from solvers.pareto import trailing_stale
 from solvers.problem import InfeasibleBudget, Problem
@@ -80,14 +80,14 @@ class OptunaRounds:
                 progress(f"optuna: the front did not improve in the last {stale} trials; stopping "
                          f"after {finished} of {spec.trials}")
                 return True
-            if _left(deadline) == 0:
+            if seconds_left(deadline) == 0:
                 return False
             running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
             asked = max(0, min(executor.parallelism, spec.trials - finished) - running)
             for _ in range(asked):
                 self._ask(ostudy, progress)
             progress(f"optuna: round of {asked + running} trial(s), {finished}/{spec.trials} finished")
-            self.study.evaluate(ranges, progress, _left(deadline), executor)
+            self.study.evaluate(ranges, progress, seconds_left(deadline), executor)
 
     def _ask(self, ostudy: optuna.Study, progress: Progress) -> None:
         import optuna

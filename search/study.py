@@ -203,9 +203,9 @@ class Study:
                 searched = rounds.run(ranges, executor, progress, deadline)
             else:
                 self.propose(layers, scores, progress)
-            self.evaluate(ranges, progress, _left(deadline), executor)
-            while self.promote(progress) and _left(deadline) != 0:
-                self.evaluate(ranges, progress, _left(deadline), executor)
+            self.evaluate(ranges, progress, seconds_left(deadline), executor)
+            while self.promote(progress) and seconds_left(deadline) != 0:
+                self.evaluate(ranges, progress, seconds_left(deadline), executor)
         done = searched and self._done() and not self.promote(lambda m: None, dry_run=True)
         self.storage.set_study_state(self.name, StudyState.COMPLETE if done else StudyState.RUNNING)
 
@@ -257,17 +257,15 @@ class Study:
     def activation_ranges(self, progress: Progress = print) -> Any:
         from quant.calibrate import ActivationRanges, calibrate_activations
 
-        cached = self.storage.list_artifacts(self.name, kind="activation_ranges")
-        if cached:
-            data = self.storage.get_artifact(cached[0].id).data
-            return ActivationRanges.from_dict(json.loads(data))
+        cached = self._artifact("activation_ranges")
+        if cached is not None:
+            return ActivationRanges.from_dict(json.loads(cached))
         progress(f"calibration: {self.spec.calibration_samples} images x {self.spec.num_steps} steps")
         wl = self.workload
         per_step = TimestepGroups.uniform(self.spec.num_steps, self.spec.num_steps)  # serves any grouping
         ranges = calibrate_activations(wl.denoiser, per_step,
                                        wl.calibration_run(wl.batch(self.spec.calibration_samples, "calibration")))
-        self.storage.put_artifact(self.name, "activation_ranges", "ranges.json",
-                                  data=json.dumps(ranges.to_dict()).encode(), media_type="application/json")
+        self._put_json("activation_ranges", ranges.to_dict())
         return ranges
 
     def sensitivities(self, layers: Sequence[Any], progress: Progress = print) -> list[Any]:
@@ -302,16 +300,22 @@ class Study:
         measured = measure(self.workload, [x.fqn for x in layers], bits, self.spec.groups, n_single=n_single,
                            n_mixed=n_mixed, n_images=n_images, seed=self.spec.seed, backend=self.spec.backend)
         results = [correlate(s, measured).to_dict() for s in scores]
-        self.storage.put_artifact(self.name, "validation", "validation.json", data=json.dumps(results).encode(),
-                                  media_type="application/json")
+        self._put_json("validation", results)
         return results
 
     def validation(self) -> list[dict[str, Any]] | None:
         """The latest stored validation (see `validate`), or None."""
-        stored = self.storage.list_artifacts(self.name, kind="validation")
-        if not stored:
-            return None
-        return list(json.loads(self.storage.get_artifact(max(a.id for a in stored)).data))
+        stored = self._artifact("validation")
+        return None if stored is None else list(json.loads(stored))
+
+    def _artifact(self, kind: str) -> bytes | None:
+        """The data of the study's latest artifact of `kind` (the study's cached intermediate results)."""
+        stored = self.storage.list_artifacts(self.name, kind=kind)
+        return None if not stored else self.storage.get_artifact(max(a.id for a in stored)).data
+
+    def _put_json(self, kind: str, value: Any) -> None:
+        self.storage.put_artifact(self.name, kind, f"{kind}.json", data=json.dumps(value).encode(),
+                                  media_type="application/json")
 
     def problem(self, layers: Sequence[Any], scores: Sequence[Any], progress: Progress = print) -> Any:
         """The solvers' problem: the study's layers, groups, budget, candidate bits, and per predicted
@@ -338,27 +342,24 @@ class Study:
         from quant.latency import measure_latency
 
         machine = f"{socket.gethostname()}/{torch.get_num_threads()}t"
-        key = (self.spec.model, self.spec.backend, machine)
         wanted = {Bits(16, 16), *(Bits.parse(b) for b in self.spec.bits)}
         table = self._stored_latency(machine)
-        if not self.storage.list_artifacts(self.name, kind="latency_machine"):
-            self.storage.put_artifact(self.name, "latency_machine", "machine.txt", data=machine.encode(),
-                                      media_type="text/plain")
+        if self._artifact("latency_machine") is None:
+            self._put_json("latency_machine", machine)
         if not table or any(not wanted <= set(per) for per in table.values()):
             progress(f"latency table: {len(self.layers())} layers x {len(wanted)} bit-widths on {machine}")
             inputs = self._example_inputs()
             table = {fqn: dict(per) for fqn, per in measure_latency(
                 self.workload.denoiser, lambda: self.workload.denoiser(**inputs), sorted(wanted), self.spec.backend,
                 self.activation_ranges(progress)).items()}
-            self.storage.put_latency(*key, {(fqn, b.w, b.a): s for fqn, per in table.items() for b, s in per.items()})
+            self.storage.put_latency(self.spec.model, self.spec.backend, machine,
+                                     {(fqn, b.w, b.a): s for fqn, per in table.items() for b, s in per.items()})
         return table
 
     def solved_latency_table(self) -> Any:
         """The latency table this study solved with (read from the database, never measured), or None."""
-        recorded = self.storage.list_artifacts(self.name, kind="latency_machine")
-        if not recorded:
-            return None
-        return self._stored_latency(self.storage.get_artifact(recorded[0].id).data.decode()) or None
+        machine = self._artifact("latency_machine")
+        return None if machine is None else self._stored_latency(json.loads(machine)) or None
 
     def _stored_latency(self, machine: str) -> dict[str, dict[Bits, float]]:
         table: dict[str, dict[Bits, float]] = {}
@@ -568,7 +569,7 @@ def objective_name(objective: str) -> str:
     return QUALITY if objective == "quality" else objective
 
 
-def _left(deadline: float | None) -> float | None:
+def seconds_left(deadline: float | None) -> float | None:
     """Seconds left before `deadline` (None: unbounded), never negative."""
     return None if deadline is None else max(0.0, deadline - time.time())
 
