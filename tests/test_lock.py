@@ -4,11 +4,11 @@ pyproject admits, and is what is installed: a fresh machine gets the versions CI
 from __future__ import annotations
 
 import os
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
