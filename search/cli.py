@@ -433,14 +433,16 @@ def export(
     best_under: Annotated[str | None, typer.Option("--best-under", help="Best quality with cost under a limit, e.g. "
                                                    "wbits=4.5.")] = None,
     quality: Annotated[str, typer.Option("--quality", help="Metric that decides 'best'.")] = "psnr_db",
-    fmt: Annotated[str | None, typer.Option("--format", help="json, yaml, mixdq, torchao, modelopt or step-policy "
-                                            "(default: json or yaml from the file suffix).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="json, yaml, mixdq, torchao, modelopt, step-policy, "
+                                            "diffusion-step-policy or vidit-q (default: json or yaml from the file "
+                                            "suffix).")] = None,
     group: Annotated[int | None, typer.Option("--group", help="Timestep group to export to formats with one "
                                               "bit-width per layer (mixdq, torchao, modelopt).")] = None,
     db: DbOption = None,
 ) -> None:
-    """Export a candidate's bit config: bitsearch's versioned JSON/YAML, MixDQ YAML (weights to FILE,
-    activations to FILE_act), a torchao snippet, a ModelOpt quant_cfg, or a per-step policy.
+    """Export a candidate's bit config: bitsearch's versioned JSON/YAML, MixDQ or ViDiT-Q YAML (weights to
+    FILE, activations to FILE_act), a torchao snippet, a ModelOpt quant_cfg, a per-step policy, or a
+    diffusers `diffusion_step_policy` block.
 
     Example:
 
@@ -605,24 +607,34 @@ def _plot(study: Any, objs: list[str], front: list[Any], path: str) -> None:
 # ---- exports and imports ---------------------------------------------------------------------------
 
 
+# Formats that keep every timestep group (the others take --group N).
+_PER_STEP_FORMATS = ("json", "yaml", "step-policy", "diffusion-step-policy", "vidit-q")
+
+
 def _write_export(study: Any, config: Any, kind: str, output: str, group: int | None) -> list[str]:
     """Write `config` in format `kind`; the paths written (mixdq writes two files)."""
-    from pathlib import Path
 
     from quant.config import ConfigError
     from search.exports import FORMATS, export
 
     if kind not in FORMATS:
         _fail(f"unknown format {kind!r}; valid: {', '.join(FORMATS)}")
-    options: dict[str, Any] = {} if group is None or kind in ("json", "yaml", "step-policy") else {"group": group}
+    options: dict[str, Any] = {} if group is None or kind in _PER_STEP_FORMATS else {"group": group}
     # json/yaml keep the config's own rules; the other formats list the model's layers by name.
     layers = None if kind in ("json", "yaml") else study.layers(progress=_progress)
     try:
         result = export(config, kind, layers=layers, **options)
     except ConfigError as e:
         _fail(e)
+    return _write_result(result, kind, output)
+
+
+def _write_result(result: Any, kind: str, output: str) -> list[str]:
+    """Write an exporter's result; the paths written (mixdq and vidit-q write FILE and FILE_act)."""
+    from pathlib import Path
+
     out = Path(output)
-    if kind == "mixdq":
+    if kind in ("mixdq", "vidit-q"):
         assert isinstance(result, dict)
         act = out.with_name(f"{out.stem}_act{out.suffix or '.yaml'}")
         out.write_text(result["weights"])
@@ -642,8 +654,11 @@ def _write_export(study: Any, config: Any, kind: str, output: str, group: int | 
 def import_(
     name: Annotated[str, typer.Argument(help="Study name.")],
     files: Annotated[list[str], typer.Argument(help="Config files to import (MixDQ: weights files).")],
-    fmt: Annotated[str, typer.Option("--format", help="json, yaml, mixdq or step-policy.")] = "json",
-    activations: Annotated[str | None, typer.Option("--activations", help="MixDQ activations file.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="json, yaml, mixdq, vidit-q or step-policy.")] = "json",
+    activations: Annotated[str | None, typer.Option("--activations", help="MixDQ or ViDiT-Q activations file.")] = None,
+    protected: Annotated[str | None, typer.Option(
+        "--protected", help="MixDQ layers in the weights file but not the activations file: weights-only "
+        "(W{x}A16, what MixDQ's released code runs; the default) or w16a16.")] = None,
     db: DbOption = None,
 ) -> None:
     """Import published configs as candidates of a study (origin `import`), to be evaluated on its model.
@@ -660,11 +675,99 @@ def import_(
     from storage import StorageError
 
     try:
-        added = import_candidates(_storage(db), name, files, fmt, activations)
+        added = import_candidates(_storage(db), name, files, fmt, activations, protected)
     except (ConfigError, StorageError, OSError) as e:
         _fail(e)
     for (cid, created), f in zip(added, files, strict=True):
         typer.echo(f"{f}: candidate {cid} " + ("added" if created else "already in the study"))
+
+
+@app.command()
+def convert(
+    file: Annotated[str, typer.Argument(help="Config file to read (MixDQ, ViDiT-Q: the weights file).")],
+    from_fmt: Annotated[str, typer.Option("--from", help="Its format: json, yaml, mixdq, vidit-q or step-policy.")],
+    activations: Annotated[str | None, typer.Option("--activations", help="MixDQ or ViDiT-Q activations file.")] = None,
+    protected: Annotated[str | None, typer.Option(
+        "--protected", help="MixDQ layers in the weights file but not the activations file: weights-only "
+        "(W{x}A16, what MixDQ's released code runs; the default) or w16a16.")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="Check names against this model's layers and weight the mean bits by their "
+        "parameters (built-in name or local directory, built on the meta device).")] = None,
+    num_steps: Annotated[int | None, typer.Option("--num-steps", min=1, help="Sampler steps for formats without "
+                                                  "any (mixdq: default 1; step-policy: rebuild its spans).")] = None,
+    to_fmt: Annotated[str | None, typer.Option("--to", help="Also write this format (see `export --format`).")] = None,
+    output: Annotated[str | None, typer.Option("-o", "--output", help="File to write with --to.")] = None,
+    group: Annotated[int | None, typer.Option("--group", help="Timestep group for --to formats with one "
+                                              "bit-width per layer (mixdq, torchao, modelopt).")] = None,
+) -> None:
+    """Read a config in one format, print a summary, and optionally write it in another. Needs no study.
+
+    The summary: layer count, mean weight bits (a proxy: weighted by parameters and steps when --model
+    gives the parameter counts, per layer otherwise), and each timestep group with its bits per layer.
+
+    Example:
+
+        bitsearch convert weight_4.08.yaml --from mixdq --model sdxl-unet
+
+        bitsearch convert t20_weight_6_8_mp.yaml --from vidit-q --activations t20_act_6_mp.yaml --to json -o c.json
+    """
+    from pathlib import Path
+
+    from quant.config import ConfigError
+    from search.exports import EXPORTERS, IMPORT_FORMATS, export, import_config
+    from search.exports._common import group_summary, mean_weight_bits
+
+    if from_fmt not in IMPORT_FORMATS:
+        _fail(f"cannot read format {from_fmt!r}; valid: {', '.join(IMPORT_FORMATS)}")
+    if to_fmt is not None and to_fmt not in EXPORTERS:
+        _fail(f"unknown --to format {to_fmt!r}; valid: {', '.join(EXPORTERS)}")
+    if (to_fmt is None) != (output is None):
+        _fail("give --to FORMAT and -o FILE together")
+    if activations is not None and from_fmt not in ("mixdq", "vidit-q"):
+        _fail("--activations goes with --from mixdq or vidit-q only")
+    if protected is not None and from_fmt != "mixdq":
+        _fail("--protected goes with --from mixdq only")
+    params: dict[str, int] | None = None
+    if model is not None:
+        from quant.layers import example_inputs, inventory
+        from quant.models import load_denoiser
+
+        try:
+            denoiser = load_denoiser(model, device="meta")
+            params = {x.fqn: x.params for x in inventory(denoiser, example_inputs(denoiser))}
+        except (ValueError, RuntimeError) as err:
+            _fail(err)
+    options: dict[str, Any] = {}
+    if activations is not None:
+        options["activations"] = Path(activations).read_text()
+    if from_fmt == "mixdq":
+        options.update(num_steps=num_steps or 1, protected=protected or "weights-only")
+    elif from_fmt == "step-policy" and num_steps is not None:
+        options["num_steps"] = num_steps
+    try:
+        config = import_config(Path(file).read_text(), from_fmt, layers=list(params) if params else None, **options)
+        names = list(params) if params else [k for k in config.rules if k != "_default" and not k.startswith("re:")]
+        if params:
+            mean, how = mean_weight_bits(config, params), f"weighted by the parameters of {model}"
+        else:
+            mean, how = mean_weight_bits(config, dict.fromkeys(names, 1)), "per layer, unweighted (no --model)"
+        summary = group_summary(config, names)
+    except (ConfigError, OSError) as e:
+        _fail(e)
+    typer.echo(f"{file} ({from_fmt}): {len(names)} layers, {config.groups.num_steps} steps, {len(config.groups)} "
+               "timestep group(s)")
+    typer.echo(f"mean weight bits (proxy, {how}): {mean:.3f}")
+    for g in summary:
+        lo, hi = g["steps"]
+        typer.echo(f"  group {g['group']} steps {lo}-{hi}: " + ", ".join(f"{b} x{n}" for b, n in g["bits"].items()))
+    if to_fmt is not None and output is not None:
+        out_opts: dict[str, Any] = {} if group is None or to_fmt in _PER_STEP_FORMATS else {"group": group}
+        try:
+            result = export(config, to_fmt, layers=None if to_fmt in ("json", "yaml") else (list(params) if params
+                            else names), **out_opts)
+        except ConfigError as e:
+            _fail(e)
+        typer.echo(f"written to {', '.join(_write_result(result, to_fmt, output))}")
 
 
 @app.command()

@@ -11,8 +11,10 @@
 | json, yaml  | text (versioned bitsearch schema)       | yes         | `native`          |
 | mixdq       | {"weights": yaml, "activations": yaml}  | yes         | `mixdq`           |
 | torchao     | Python snippet building FqnToConfig     | one-way     | `torchao_snippet` |
-| modelopt    | ModelOpt-style quant_cfg dict           | one-way     | `modelopt_cfg`    |
+| modelopt    | ModelOpt quant_cfg (list; dict < 0.44)  | one-way     | `modelopt_cfg`    |
 | step-policy | per-step schedule dict                  | yes         | `step_policy`     |
+| diffusion-step-policy | quantization_config.runtime block | one-way | `diffusion_policy` |
+| vidit-q     | {"weights": yaml, "activations": yaml}  | yes         | `vidit_q`         |
 
 `layers` (FQNs, `quant.layers.Layer`s, or {fqn: kind}) lets per-layer formats expand pattern rules
 and validates names; formats with one bit-width per layer take `group=` for per-timestep configs.
@@ -26,7 +28,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from quant.config import BitConfig, ConfigError, TimestepGroups
-from search.exports import mixdq, modelopt_cfg, native, step_policy, torchao_snippet
+from search.exports import (
+    diffusion_policy,
+    mixdq,
+    modelopt_cfg,
+    native,
+    step_policy,
+    torchao_snippet,
+    vidit_q,
+)
 from search.exports._common import Layers, layer_kinds
 
 Exporter = Callable[..., "str | dict[str, Any]"]
@@ -39,6 +49,8 @@ EXPORTERS: dict[str, Exporter] = {
     "torchao": torchao_snippet.export,
     "modelopt": modelopt_cfg.export,
     "step-policy": step_policy.export,
+    "diffusion-step-policy": diffusion_policy.export,
+    "vidit-q": vidit_q.export,
 }
 
 IMPORTERS: dict[str, Importer] = {
@@ -46,6 +58,7 @@ IMPORTERS: dict[str, Importer] = {
     "yaml": native.import_text,
     "mixdq": mixdq.import_config,
     "step-policy": step_policy.import_config,
+    "vidit-q": vidit_q.import_config,
 }
 
 FORMATS = tuple(EXPORTERS)
@@ -64,7 +77,7 @@ def import_config(text: str | Mapping[str, Any], fmt: str, *, groups: TimestepGr
     """Parse `text` of format `fmt` into a BitConfig (validated against `layers` when given).
 
     `groups` / `num_steps` give timestep groups to formats that have none (mixdq); `options` are the
-    format's own (mixdq: `activations=` text of the activations file)."""
+    format's own (mixdq, vidit-q: `activations=` text of the activations file; mixdq: `protected=`)."""
     fn = _lookup(IMPORTERS, fmt, "import")
     common = {"groups": groups, "num_steps": num_steps, "layers": layers}
     config = fn(text, **_options(fn, fmt, options, common))
@@ -76,7 +89,7 @@ def import_config(text: str | Mapping[str, Any], fmt: str, *, groups: TimestepGr
 
 def _lookup(table: Mapping[str, Any], fmt: str, what: str) -> Any:
     if fmt not in table:
-        one_way = " (torchao and modelopt are one-way exports)" if what == "import" and fmt in EXPORTERS else ""
+        one_way = f" ({fmt} is a one-way export)" if what == "import" and fmt in EXPORTERS else ""
         raise ConfigError(f"cannot {what} format {fmt!r}{one_way}; valid: {', '.join(table)}")
     return table[fmt]
 

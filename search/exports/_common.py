@@ -81,3 +81,53 @@ def make_groups(groups: TimestepGroups | None, num_steps: int | None, fmt: str) 
         raise ConfigError(f"{fmt} files carry no timestep information; pass num_steps= (the sampler's steps) "
                           "or groups= (a TimestepGroups; every group gets the same bits)")
     return TimestepGroups(int(num_steps))
+
+
+def strip_prefix(name: str, prefix: str) -> str:
+    """`name` without the wrapper prefix tools put before module names (MixDQ and ViDiT-Q: "model.")."""
+    return name[len(prefix):] if prefix and name.startswith(prefix) else name
+
+
+def read_bits(value: Any, where: str) -> int:
+    """An integer bit-width read from a published file (bools and strings are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where} has bits {value!r}; expected an integer like 8 (16 = high precision)")
+    return value
+
+
+def load_yaml_mapping(text: str, what: str) -> Mapping[str, Any]:
+    """A YAML document that must be a mapping at its top level (empty text -> {})."""
+    import yaml
+
+    data = yaml.safe_load(text) if text.strip() else {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{what} must be a YAML mapping at its top level, got {type(data).__name__}")
+    return data
+
+
+def mean_weight_bits(config: BitConfig, params: Mapping[str, int]) -> float:
+    """Average weight bits weighted by parameter count and by steps (a proxy, not a measured cost).
+
+    `params` maps FQN -> weight parameter count; layers without a rule count at 16 bits."""
+    total = sum(params.values())
+    if total <= 0:
+        raise ConfigError("cannot average weight bits over layers with no parameters; pass their parameter counts")
+    sizes = config.groups.sizes()
+    n = config.groups.num_steps
+    acc = 0.0
+    for fqn, p in params.items():
+        bits = config.layer_bits(fqn)
+        acc += p * sum(b.w * s for b, s in zip(bits, sizes, strict=True)) / n
+    return acc / total
+
+
+def group_summary(config: BitConfig, names: Iterable[str]) -> list[dict[str, Any]]:
+    """Per timestep group: its steps and how many of `names` run at each bit pair (e.g. {"W6A6": 340})."""
+    table = config.resolve(list(names))
+    out = []
+    for g, (lo, hi) in enumerate(config.groups.spans):
+        counts: dict[str, int] = {}
+        for bits in table.values():
+            counts[str(bits[g])] = counts.get(str(bits[g]), 0) + 1
+        out.append({"group": g, "steps": [lo, hi], "bits": dict(sorted(counts.items()))})
+    return out

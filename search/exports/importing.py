@@ -20,26 +20,35 @@ from search.study import CHEAP
 
 
 def import_candidates(storage: Any, study: str, files: Sequence[str | Path], fmt: str = "json",
-                      activations: str | Path | None = None) -> list[tuple[int, bool]]:
+                      activations: str | Path | None = None, protected: str | None = None) -> list[tuple[int, bool]]:
     """Queue each file's config in `study`; returns (candidate id, created) per config.
 
-    `fmt`: json, yaml, mixdq or step-policy. For mixdq, `files` are weights files and `activations`
-    the activations file shared by them (or None: activations stay in high precision)."""
+    `fmt`: json, yaml, mixdq, vidit-q or step-policy. For mixdq and vidit-q, `files` are weights files
+    and `activations` the activations file shared by them (or None: activations stay in high
+    precision); `protected` is mixdq's reading of layers its activations file leaves out (see
+    `search.exports.mixdq`). A step policy is rebuilt for the study's step count first."""
     from search.study import StudySpec
 
     if fmt not in IMPORT_FORMATS:
         raise ConfigError(f"cannot import format {fmt!r}; valid: {', '.join(IMPORT_FORMATS)}")
-    if activations is not None and fmt != "mixdq":
-        raise ConfigError("an activations file goes with --format mixdq only")
+    if activations is not None and fmt not in ("mixdq", "vidit-q"):
+        raise ConfigError("an activations file goes with --format mixdq or vidit-q only")
+    if protected is not None and fmt != "mixdq":
+        raise ConfigError("--protected goes with --format mixdq only")
     info = storage.get_study(study)
     groups = StudySpec.from_dict(info.spec).groups
     layers = [d["fqn"] for d in storage.get_layers(study)] or None
     configs = []
     for f in files:
         text = Path(f).read_text()
+        act = Path(activations).read_text() if activations is not None else None
         if fmt == "mixdq":
-            act = Path(activations).read_text() if activations is not None else None
-            config = import_config(text, fmt, groups=groups, layers=layers, activations=act)
+            config = import_config(text, fmt, groups=groups, layers=layers, activations=act,
+                                   protected=protected or "weights-only")
+        elif fmt == "vidit-q":
+            config = import_config(text, fmt, layers=layers, activations=act)
+        elif fmt == "step-policy":
+            config = import_config(text, fmt, layers=layers, num_steps=groups.num_steps)
         else:
             config = import_config(text, fmt, layers=layers)
         try:

@@ -67,8 +67,11 @@ def test_mixdq_round_trip_in_separate_files() -> None:
     files = export(cfg, "mixdq", layers=LAYERS)
     assert isinstance(files, dict)
     w, a = yaml.safe_load(files["weights"]), yaml.safe_load(files["activations"])
-    assert w == {f"model.{n}": cfg.bits(n, 0).w for n in LAYERS}
-    assert a["model.conv_out"] == 8 and w["model.conv_out"] == 16 and a["model.proj"] == 16
+    # 16 bits are written by omission: MixDQ's kernel loader knows only 2, 4 and 8.
+    assert w == {f"model.{n}": cfg.bits(n, 0).w for n in LAYERS if cfg.bits(n, 0).w != 16}
+    assert a == {f"model.{n}": cfg.bits(n, 0).a for n in LAYERS if cfg.bits(n, 0).a != 16}
+    assert a["model.conv_out"] == 8 and "model.conv_out" not in w and "model.proj" not in a
+    assert list(w) == sorted(w)  # key order of MixDQ's own yaml.dump
     back = import_config(files["weights"], "mixdq", activations=files["activations"], num_steps=8, layers=LAYERS)
     assert back.resolve(LAYERS) == cfg.resolve(LAYERS)
     # Weights only: activations stay high precision; a layer listed nowhere runs W16A16.
@@ -117,19 +120,27 @@ def test_step_policy_round_trip() -> None:
 
 def test_modelopt_lists_every_layer_once_with_its_bits() -> None:
     cfg = single_group()
-    out = export(cfg, "modelopt", layers=LAYERS)
+    out = export(cfg, "modelopt", layers=LAYERS, legacy=False)
     assert isinstance(out, dict) and out["algorithm"] == "max"
     quant_cfg = out["quant_cfg"]
-    assert next(iter(quant_cfg)) == "default" and quant_cfg["default"] == {"enable": False}
+    assert quant_cfg[0] == {"quantizer_name": "*", "enable": False}
+    names = [e["quantizer_name"] for e in quant_cfg]
     for fqn in LAYERS:
         b = cfg.bits(fqn, 0)
         for q, n in (("weight_quantizer", b.w), ("input_quantizer", b.a)):
-            assert [k for k in quant_cfg if k == f"*{fqn}.{q}"] == [f"*{fqn}.{q}"]
+            assert names.count(f"*{fqn}.{q}") == 1
             # ModelOpt semantics: every matching pattern applies in order, the last one wins.
-            last = [v for k, v in quant_cfg.items() if fnmatch.fnmatch(f"unet.{fqn}.{q}", k)][-1]
-            assert last == ({"enable": False} if n == 16 else
-                            {"num_bits": n, "axis": 0 if q == "weight_quantizer" else None, "enable": True})
+            last = [e for e in quant_cfg if fnmatch.fnmatch(f"unet.{fqn}.{q}", e["quantizer_name"])][-1]
+            assert {k: v for k, v in last.items() if k != "quantizer_name"} == (
+                {"enable": False} if n == 16 else
+                {"cfg": {"num_bits": n, "axis": 0 if q == "weight_quantizer" else None}, "enable": True})
     assert len(quant_cfg) == 1 + 2 * len(LAYERS)
+    # ModelOpt < 0.44 reads the legacy dict: the same entries keyed by pattern, "default" first.
+    legacy = export(cfg, "modelopt", layers=LAYERS, legacy=True)
+    assert isinstance(legacy, dict)
+    assert next(iter(legacy["quant_cfg"])) == "default"
+    assert legacy["quant_cfg"]["*proj.weight_quantizer"] == {"num_bits": 4, "axis": 0, "enable": True}
+    assert legacy["quant_cfg"]["*conv_out.weight_quantizer"] == {"enable": False}
 
 
 class Tiny(nn.Module):
@@ -295,6 +306,7 @@ def test_cli_import_and_export_formats(db_study, tmp_path) -> None:
         assert out.exit_code == 0, out.output
     assert yaml.safe_load((tmp_path / "m_act.yaml").read_text())["model.conv_out"] == 8
     assert import_config((tmp_path / "p.yaml").read_text(), "step-policy").groups == TimestepGroups.uniform(8, 2)
-    assert json.loads((tmp_path / "mo.json").read_text())["quant_cfg"]["*proj.weight_quantizer"]["num_bits"] == 4
+    mo = json.loads((tmp_path / "mo.json").read_text())["quant_cfg"]
+    assert [e["cfg"]["num_bits"] for e in mo if e["quantizer_name"] == "*proj.weight_quantizer"] == [4]
     out = runner.invoke(app, ["export", "t", "--candidate", str(cand.id), "--format", "onnx", "-o", "x", "--db", db])
     assert out.exit_code == 2 and "valid: json, yaml, mixdq" in out.output
