@@ -7,6 +7,6 @@ the built-in solvers; it does not import pulp or optuna (they load when a solver
 
 from solvers import greedy, ilp, optuna_search  # noqa: F401  (registration side effect)
 from solvers.base import Solver, get_solver, solver_names
-from solvers.problem import InfeasibleBudget, Problem
+from solvers.problem import InfeasibleBudget, Problem, SolverError, SolverTimeout
 
-__all__ = ["InfeasibleBudget", "Problem", "Solver", "get_solver", "solver_names"]
+__all__ = ["InfeasibleBudget", "Problem", "Solver", "SolverError", "SolverTimeout", "get_solver", "solver_names"]

@@ -5,7 +5,8 @@ A Solver turns a `solvers.problem.Problem` into bit configurations:
 - `solve(problem) -> list[BitConfig]`: one config (single-budget solvers) or several (a predicted
   or measured Pareto front, best objective first is NOT implied). Never empty: a problem no config
   can satisfy raises `solvers.problem.InfeasibleBudget` naming the binding limit and its smallest
-  feasible value.
+  feasible value. InfeasibleBudget only on a proof: a solver that stopped without one (an error, a
+  time limit) raises `solvers.problem.SolverError` (`SolverTimeout`) with the solver's own status.
 - Every returned config has one rule per layer of the problem, uses only each layer's candidate
   bits, respects pins, ties and switch limits, and satisfies the budget as `quant.cost.costs`
   computes it: implementations call `problem.check(config)` before returning it.

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import time
 import warnings
 from collections.abc import Collection, Sequence
@@ -33,12 +34,13 @@ from quant.budget import Budget, Limit, cost_of
 from quant.config import BitConfig
 from quant.cost import Costs
 from solvers.base import Solver, register
-from solvers.problem import InfeasibleBudget, Plan, Problem
+from solvers.problem import InfeasibleBudget, Plan, Problem, SolverError, SolverTimeout
 
 BACKENDS = ("auto", "highs", "cbc")
 DEFAULT_GAP = 1e-6  # relative MIP gap: "optimal" up to one part in a million
 HIGHS_FEASIBILITY_TOLERANCE = 1e-9  # HiGHS's default 1e-6 lets budget rows run over (see _highs_class)
 _DEG = "max_degradation."  # constraint-name prefix of predicted-degradation caps
+_SOLVER_NAMES = {"highs": "HiGHS", "cbc": "CBC"}
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,8 @@ class _Model:
     # ---- solving ---------------------------------------------------------------------------------
     def solve(self, backend: str, gap: float, threads: int | None, time_limit: float | None,
               warm_start: bool = False) -> bool:
-        """True if a solution was found (optimal up to `gap`, or the best within `time_limit`)."""
+        """True if a solution was found (optimal up to `gap`, or the best within `time_limit`), False if
+        the solver proved there is none; SolverError (SolverTimeout) if it stopped with neither."""
         import pulp
 
         self.last_args = (backend, gap, threads, time_limit, warm_start)
@@ -217,9 +220,39 @@ class _Model:
         else:
             solver = _highs_class()(msg=False, gapRel=gap, gapAbs=0.0, threads=threads, timeLimit=time_limit,
                                     warm_start=warm_start)
-        self.prob.solve(solver)
-        return pulp.LpStatus[self.prob.status] == "Optimal" and all(
-            v.varValue is not None for xs in self.x for row in xs for v in row)
+        t0 = time.perf_counter()
+        try:
+            self.prob.solve(solver)
+        except pulp.PulpSolverError as e:  # e.g. the CBC binary failed to run
+            raise SolverError(_SOLVER_NAMES[backend], "error", f"{_SOLVER_NAMES[backend]}: {e}") from e
+        seconds = time.perf_counter() - t0
+        status = pulp.LpStatus[self.prob.status]
+        if status == "Optimal" and all(v.varValue is not None for xs in self.x for row in xs for v in row):
+            return True
+        # CBC stopped by the clock in its preprocessing writes "Integer infeasible" (seen with limits of
+        # 1 ms): once the limit is spent its infeasibility is no proof. HiGHS says kTimeLimit instead.
+        cbc_clock = backend == "cbc" and time_limit is not None and seconds >= time_limit
+        if status == "Infeasible" and not cbc_clock:
+            return False
+        raise self._failure(backend, time_limit, cbc_clock)
+
+    def _failure(self, backend: str, time_limit: float | None, cbc_clock: bool) -> SolverError:
+        """The error for a solve that ended with neither a solution nor a proof, with the solver's status."""
+        import pulp
+
+        name = _SOLVER_NAMES[backend]
+        if backend == "highs":
+            import highspy
+
+            code = self.prob.solverModel.getModelStatus()
+            status = self.prob.solverModel.modelStatusToString(code)
+            timed_out = code == highspy.HighsModelStatus.kTimeLimit
+        else:
+            status, timed_out = pulp.LpStatus[self.prob.status], cbc_clock
+        if timed_out and time_limit is not None:
+            return SolverTimeout(name, status, f"{name}: time limit of {time_limit:g} s reached without a "
+                                               "solution; raise the time limit")
+        return SolverError(name, status)
 
     def plans(self) -> list[Plan]:
         # the largest value per (unit, group), not `== 1`: solvers return 1 - 1e-9 and friends
@@ -241,6 +274,25 @@ def _objective_scale(problem: Problem) -> float:
     best = sum(min(row) for row in rows)
     worst = sum(max(row) for row in rows)
     return max(best, worst * 1e-9) if worst > 0 else 1.0
+
+
+# HiGHS keeps ONE process-wide task scheduler, sized by the `threads` of the first solve that starts it,
+# and refuses every later solve asking another count: status "Not Set", no solution (highspy 1.15.1 and
+# 1.16.0; issue 11). A fixed thread count for the whole process would still break as soon as anything
+# else in it (pulp called directly, a notebook, another library) started the scheduler with another
+# count, and would ignore the caller's count (Ray workers pin theirs). So each solve that names a count
+# drops the scheduler first and `run` starts one of that size (~0.5 ms). The reset must not happen
+# under a running solve, hence one HiGHS solve at a time per process: the scheduler is global anyway.
+_HIGHS_LOCK = threading.Lock()
+
+
+def _reset_highs_scheduler(threads: int | None) -> None:
+    """Make the next HiGHS run start a scheduler of `threads` threads. None (HiGHS's 0, "automatic")
+    is accepted by a scheduler of any size: nothing to drop."""
+    if threads is not None:
+        import highspy
+
+        highspy.Highs.resetGlobalScheduler(True)  # blocking: the old workers have exited on return
 
 
 @functools.cache
@@ -271,7 +323,9 @@ def _highs_class() -> type:
                     sol.col_value = [float(v) for v in values]
                     sol.value_valid = True
                     lp.solverModel.setSolution(sol)
-            lp.solverModel.run()
+            with _HIGHS_LOCK:
+                _reset_highs_scheduler(self.threads)
+                lp.solverModel.run()
 
     return WarmHiGHS
 
@@ -299,7 +353,8 @@ def _extract(model: _Model, budget: Budget | None = None, retries: int = 3) -> B
 
 def solve(problem: Problem, backend: str = "auto", gap: float = DEFAULT_GAP, threads: int | None = None,
           time_limit: float | None = None) -> BitConfig:
-    """The optimal config under the problem's budget; InfeasibleBudget if there is none."""
+    """The optimal config under the problem's budget (or the best found within `time_limit`);
+    InfeasibleBudget if the solver proves there is none, SolverError if it stops without either."""
     model = _Model(problem)
     if not model.solve(backend, gap, threads, time_limit):
         raise diagnose(problem, backend, threads)
@@ -370,7 +425,7 @@ def sweep(problem: Problem, values: Sequence[float], metric: str | None = None, 
     """The predicted Pareto front over `values` of one limit (default the budget's first), in that
     limit's units; other limits stay. Solved tightest first: each solution is feasible for the next,
     looser budget, so it is handed to the solver as its starting incumbent. Infeasible values are
-    skipped with a warning."""
+    skipped with a warning; a solve that ends without a solution or a proof raises SolverError."""
     metric = metric or problem.budget.limits[0].metric
     base = next((x for x in problem.budget.limits if x.metric == metric), None)
     if base is None:
@@ -406,6 +461,8 @@ class IlpSolver(Solver):
                  time_limit: float | None = None, sweep: Sequence[float] | None = None,
                  sweep_metric: str | None = None) -> None:
         resolve_backend(backend)  # reject unknown names now
+        if time_limit is not None and not 0 < time_limit < math.inf:
+            raise ValueError(f"ILP time_limit must be a positive number of seconds, got {time_limit}")
         self.backend, self.gap, self.threads, self.time_limit = backend, gap, threads, time_limit
         self.values, self.sweep_metric = sweep, sweep_metric
 

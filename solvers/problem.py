@@ -50,6 +50,20 @@ class InfeasibleBudget(ConfigError):
         self.smallest = smallest  # same units
 
 
+class SolverError(RuntimeError):
+    """A solver stopped with neither a solution nor a proof of infeasibility (its own error, a status
+    such as HiGHS's "Not Set", a limit). Not an InfeasibleBudget: nothing is known about the budget."""
+
+    def __init__(self, solver: str, status: str, message: str | None = None) -> None:
+        super().__init__(message or f"{solver}: {status}")
+        self.solver = solver  # "HiGHS" or "CBC"
+        self.status = status  # the solver's own status string
+
+
+class SolverTimeout(SolverError):
+    """The solver's time limit ran out before it found any solution."""
+
+
 class BudgetViolation(AssertionError):
     """A solver produced a config that quant.cost.costs says is over budget (a solver bug)."""
 

@@ -14,3 +14,5 @@ def test_registry_names_and_errors() -> None:
     with pytest.raises(ValueError, match="valid: auto, highs, cbc"):
         get_solver("ilp", backend="gurobi")
     assert get_solver("ilp", backend="cbc").name == "ilp"
+    with pytest.raises(ValueError, match="time_limit must be a positive number of seconds, got 0"):
+        get_solver("ilp", time_limit=0)

@@ -9,7 +9,7 @@ from quant.config import BitConfig, Bits, TimestepGroups
 from quant.layers import Layer
 from quant.scores import Scores
 from solvers import ilp
-from solvers.problem import InfeasibleBudget, Problem
+from solvers.problem import InfeasibleBudget, Problem, SolverError, SolverTimeout
 from tests.solvers.conftest import BITS, GROUPS, make_layers, make_scores
 
 T = 1  # one solver thread: the test machine is shared
@@ -172,3 +172,45 @@ def test_registered_solver_returns_front(layers: list[Layer], scores: Scores) ->
     p = make(layers, scores, "bops=0.3x")
     configs = get_solver("ilp", sweep=[0.15, 0.2, 0.3], threads=T).solve(p)
     assert 1 <= len(configs) <= 3 and all(within(p, c) for c in configs)
+
+
+# ---- honest failures -------------------------------------------------------------------------------
+def test_thread_counts_can_change_within_a_process(layers: list[Layer], scores: Scores) -> None:
+    """HiGHS sizes one process-wide scheduler on its first solve; a later solve asking another thread
+    count used to come back "Not Set" and be reported as InfeasibleBudget (issue 11). Every solve here,
+    whatever the order of counts, backends and calling threads, must reach the same optimum."""
+    import threading
+
+    p = make(layers, scores, "wbits=5.2,bops=0.2x")
+    best = p.predicted(ilp.solve(p, "cbc", threads=1))["objective"]
+    runs = [("highs", 2), ("highs", 1), ("cbc", 2), ("highs", None), ("highs", 2), ("cbc", 1), ("highs", 1)]
+    objs = [p.predicted(ilp.solve(p, b, threads=t))["objective"] for b, t in runs]
+    other: list[float] = []  # `bitsearch serve` solves from a background thread
+    worker = threading.Thread(target=lambda: other.append(p.predicted(ilp.solve(p, "highs", threads=2))["objective"]))
+    worker.start()
+    worker.join()
+    objs += other + [p.predicted(ilp.solve(p, "highs", threads=1))["objective"]]
+    assert objs == pytest.approx([best] * (len(runs) + 2), rel=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["highs", "cbc"])
+def test_time_limit_without_a_solution_is_a_time_out_not_infeasible(backend: str) -> None:
+    # 8 blocks, two limits: neither solver finds a solution in a microsecond on any machine (HiGHS stops
+    # at its first clock check; CBC, stopped in preprocessing, answers "Integer infeasible")
+    layers = make_layers(8)
+    p = make(layers, make_scores(layers), "wbits=5,bops=0.2x")
+    with pytest.raises(SolverTimeout, match=r"(HiGHS|CBC): time limit of 1e-06 s reached without a solution"):
+        ilp.solve(p, backend, threads=T, time_limit=1e-6)
+    assert within(p, ilp.solve(p, backend, threads=T))  # the budget itself is feasible
+
+
+def test_a_solver_that_did_not_run_is_a_solver_error(layers: list[Layer], scores: Scores,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the scheduler reset, HiGHS refuses a second thread count: that must surface as the
+    solver's own status, never as an infeasible budget."""
+    p = make(layers, scores, "wbits=5.2")
+    ilp.solve(p, "highs", threads=2)  # the scheduler now has 2 threads
+    monkeypatch.setattr(ilp, "_reset_highs_scheduler", lambda threads: None)
+    with pytest.raises(SolverError, match=r"^HiGHS: Not Set") as err:
+        ilp.solve(p, "highs", threads=1)
+    assert not isinstance(err.value, (InfeasibleBudget, SolverTimeout)) and err.value.status == "Not Set"
