@@ -314,6 +314,10 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")], db: DbOptio
     typer.echo(f"study {name}: {getattr(info.state, 'value', info.state)}")
     typer.echo(json.dumps(study.spec.to_dict(), indent=2))
     typer.echo("candidates: " + (", ".join(f"{getattr(k, 'value', k)}={v}" for k, v in counts.items()) or "none yet"))
+    from storage import CandidateState
+
+    for c in study.storage.list_candidates(name, states=[CandidateState.FAILED, CandidateState.INVALID]):
+        typer.echo(f"  candidate {c.id} {c.state.value} at the {c.fidelity} evaluation: {c.reason}")
     typer.echo("evaluations (done/queued): " + ", ".join(f"{f} {d}/{q}" for f, (d, q) in
                                                         study.evaluation_counts().items()))
     validation = study.validation()

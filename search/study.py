@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -445,22 +446,30 @@ class Study:
         try:
             config = BitConfig.from_dict(cand.config)
             with quantized(self.workload.denoiser, config, self.spec.backend, ranges) as qm:
+                qm.reset_record()
                 t0 = time.thread_time()
                 test = self.workload.generate(batch, on_step=qm.set_step, record_steps=not full)
                 seconds = time.thread_time() - t0
-                labels = dict(qm.label_counts())
-                simulated = qm.simulated
+                # how the layers ran during this generation (each layer and group that was called),
+                # not only how they were planned to run
+                labels = dict(Counter[str](lbl for per in qm.executed_labels().values() for lbl in per.values()))
         except VerificationError as e:
             return Outcome(invalid=f"verification failed: {e}")
         except (ConfigError, ValueError, RuntimeError) as e:  # RuntimeError includes torch's OOM
             return Outcome(failed=f"{type(e).__name__}: {e}")
-        if full:
-            metrics = {**self.workload.alignment(batch, test),
-                       **self.workload.distribution(test, offset=self.spec.eval_samples)}
-        else:
-            metrics = self.workload.quality(ref, test)
+        try:  # one bad metric (a bug, too few images, a singular covariance) fails this evaluation only
+            if full:
+                metrics = {**self.workload.alignment(batch, test),
+                           **self.workload.distribution(test, offset=self.spec.eval_samples)}
+            else:
+                metrics = self.workload.quality(ref, test)
+        except Exception as e:
+            family = "alignment/distribution" if full else "quality"
+            return Outcome(failed=f"{family} metric failed: {type(e).__name__}: {e}")
+        # measured only on real kernels: the fake backend simulates, and no label means nothing ran
+        measured = self.spec.backend != "fake" and bool(labels) and "simulated" not in labels
         return Outcome(metrics=metrics, run_labels=labels, backend=self.spec.backend,
-                       latency_s=seconds / (self.spec.num_steps * len(batch.prompts)), measured=not simulated,
+                       latency_s=seconds / (self.spec.num_steps * len(batch.prompts)), measured=measured,
                        duration_s=seconds)
 
     def evaluation_counts(self) -> dict[str, tuple[int, int]]:

@@ -58,6 +58,7 @@ from storage.models import (
 SCORES_FORMAT = "bitsearch.scores"
 SCORES_VERSION = 1
 SIMULATED = "simulated"  # the run label of a fake-quant layer; every other label ran for real
+FAKE_BACKEND = "fake"  # the reference simulation: its runs are never measured, whatever their labels
 _BITS = re.compile(r"^W(\d+)A(\d+)$")
 
 WAITING, RUNNING = CandidateState.WAITING.value, CandidateState.RUNNING.value
@@ -728,11 +729,12 @@ class Storage:
     ) -> CandidateState:
         """Record the evaluation of a RUNNING candidate held by `owner` and mark it COMPLETE.
 
-        `run_labels` counts how the layers really ran ({"int8-kernel": 40, "simulated": 2}); any
-        `simulated` layer makes the evaluation not `measured` (latency and memory estimated), and
-        asking for measured=True then is an error. A NaN/inf metric, latency or memory marks the
-        candidate FAILED instead (returned), and no evaluation is stored: it can never reach a front.
-        LeaseLostError if `owner` lost the lease."""
+        `run_labels` counts how the layers really ran ({"int8-kernel": 40, "simulated": 2}). An
+        evaluation is `measured` (latency and memory real, not estimated) only with labels, none of
+        them `simulated`, from a backend other than `fake` (the reference simulation); asking for
+        measured=True otherwise is an error, and measured=None decides by that rule. A NaN/inf
+        metric, latency or memory marks the candidate FAILED instead (returned), and no evaluation
+        is stored: it can never reach a front. LeaseLostError if `owner` lost the lease."""
         metric_values: dict[str, float] = {}
         for name, value in metrics.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -745,8 +747,11 @@ class Storage:
             labels[str(label)] = n
         simulated = labels.get(SIMULATED, 0)
         real = sum(labels.values()) - simulated
-        if measured and simulated:
-            raise ValueError(f"{simulated} layers ran simulated; latency and memory cannot be reported as measured")
+        why_not = (f"{simulated} layers ran simulated" if simulated else
+                   "no run labels say how the layers ran" if not labels else
+                   f"backend {backend!r} simulates every layer" if backend == FAKE_BACKEND else None)
+        if measured and why_not:
+            raise ValueError(f"{why_not}; latency and memory cannot be reported as measured")
         checked = {**metric_values, "latency_s": latency_s, "peak_memory_bytes": peak_memory_bytes}
         bad = [(k, v) for k, v in checked.items() if v is not None and not math.isfinite(float(v))]
 
@@ -763,7 +768,7 @@ class Storage:
                 candidate_id=candidate_id, study_id=row.study_id, fidelity=row.fidelity, metrics=metric_values,
                 latency_s=latency_s, peak_memory_bytes=peak_memory_bytes, run_labels=labels, layers_real=real,
                 layers_simulated=simulated, backend=backend, machine=machine,
-                measured=(simulated == 0) if measured is None else measured, worker=owner, duration_s=duration_s,
+                measured=why_not is None if measured is None else measured, worker=owner, duration_s=duration_s,
             ))
             return CandidateState.COMPLETE
 

@@ -63,6 +63,11 @@ class Workload(ABC):
     """A denoiser + sampler + prompts/seeds + metrics. Registered by name (`builtin`, `diffusers`)."""
 
     name: ClassVar[str]
+    # The fewest images a metric needs, by the study sample count that feeds it (`eval_samples`:
+    # quality; `full_samples`: alignment and distribution; `calibration_samples`: calibration), for
+    # metrics that need more than one. Each value is declared next to its metric (e.g. the built-in
+    # FCD's); `check_samples` validates a study's counts against them before anything runs.
+    min_images: ClassVar[dict[str, dict[str, int]]] = {}
     denoiser: nn.Module
     num_steps: int
 
@@ -120,20 +125,50 @@ def workload_names() -> list[str]:
 
 def load_workload(name_or_path: str, **options: Any) -> Workload:
     """`builtin` (the shipped model) or the path of a local diffusers pipeline directory."""
-    import workloads.builtin.workload  # noqa: F401  (registration)
-    import workloads.diffusers_workload  # noqa: F401
-    args: tuple[str, ...]
-    if name_or_path in _REGISTRY:
-        factory, args = _REGISTRY[name_or_path], ()
-    elif Path(name_or_path).exists():
-        factory, args = _REGISTRY["diffusers"], (name_or_path,)
-    else:
-        raise WorkloadError(
-            f"{name_or_path}: neither a workload name ({', '.join(workload_names())}) nor an existing path; "
-            "expected a name or a local diffusers pipeline directory (with model_index.json)"
-        )
+    factory, args = _factory(name_or_path)
     _check_options(factory, args, options)
     return factory(*args, **options)
+
+
+def _factory(name_or_path: str) -> tuple[Callable[..., Workload], tuple[str, ...]]:
+    """The registered workload `name_or_path` names, and its positional arguments (nothing is loaded)."""
+    import workloads.builtin.workload  # noqa: F401  (registration)
+    import workloads.diffusers_workload  # noqa: F401
+
+    if name_or_path in _REGISTRY:
+        return _REGISTRY[name_or_path], ()
+    if Path(name_or_path).exists():
+        return _REGISTRY["diffusers"], (name_or_path,)
+    raise WorkloadError(
+        f"{name_or_path}: neither a workload name ({', '.join(workload_names())}) nor an existing path; "
+        "expected a name or a local diffusers pipeline directory (with model_index.json)"
+    )
+
+
+SAMPLE_COUNTS = ("eval_samples", "full_samples", "calibration_samples")
+
+
+def check_samples(model: str, **counts: int) -> None:
+    """Raise WorkloadError (one line, naming the metric and its minimum) when a study sample count
+    (`eval_samples=`, `full_samples=`, `calibration_samples=`) is below what `model`'s metrics need:
+    at least 1 image each, and each metric's `Workload.min_images` (the built-in FCD needs 2: a
+    covariance of one image is undefined). A model that does not resolve is left to `load_workload`
+    to report. Nothing is loaded: a study spec can call this at construction."""
+    unknown = sorted(set(counts) - set(SAMPLE_COUNTS))
+    if unknown:
+        raise TypeError(f"unknown sample count {unknown[0]!r}; valid: {', '.join(SAMPLE_COUNTS)}")
+    try:
+        factory, _ = _factory(model)
+    except WorkloadError:
+        return
+    needs: dict[str, dict[str, int]] = getattr(factory, "min_images", {})
+    for key, n in counts.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise WorkloadError(f"{key} must be an integer >= 1, got {n!r}")
+        for metric, least in needs.get(key, {}).items():
+            if n < least:
+                raise WorkloadError(f"{key}={n} is too few for workload {getattr(factory, 'name', model)!r}: "
+                                    f"its {metric} metric needs at least {least} images")
 
 
 def _check_options(factory: Callable[..., Workload], args: tuple[str, ...], options: dict[str, Any]) -> None:

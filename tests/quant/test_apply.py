@@ -148,3 +148,75 @@ def test_verification_rejects_a_backend_that_does_not_quantize(tiny) -> None:
 
     with pytest.raises(VerificationError, match="kernel runs as float"):
         apply(tiny, BitConfig.uniform(GROUPS, "W8A16"), "lazy-test")
+
+
+class _OpsPerLayer:
+    """Records every ATen/oneDNN op a forward dispatches, with its tensor arguments' dtypes, under
+    the name of the QuantLayer that ran it (the ops themselves, not the kernels' own labels)."""
+
+    def __init__(self, qm) -> None:  # type: ignore[no-untyped-def]
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        self.ops: dict[str, list[tuple[str, list[torch.dtype | None]]]] = {}
+        self.current: str | None = None
+        outer = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+                if outer.current is not None:
+                    dtypes = [a.dtype if isinstance(a, torch.Tensor) else None for a in args]
+                    outer.ops.setdefault(outer.current, []).append((str(func.overloadpacket), dtypes))
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+        self.handles = []
+        for name, layer in qm.layers.items():
+            self.handles.append(layer.register_forward_pre_hook(lambda _m, _a, n=name: setattr(self, "current", n)))
+            self.handles.append(layer.register_forward_hook(lambda *_: setattr(self, "current", None)))
+
+    def __enter__(self) -> _OpsPerLayer:
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.mode.__exit__(*exc)
+        for h in self.handles:
+            h.remove()
+
+
+FLOAT_COMPUTE = {"aten.convolution", "aten.linear", "aten.addmm", "aten.mm", "aten.bmm", "aten.matmul"}
+
+
+@pytest.mark.parametrize(("bits", "linear_op", "linear_weight"), [
+    ("W8A8", "onednn.qlinear_pointwise", torch.int8),
+    ("W4A8", "onednn.qlinear_pointwise", torch.int8),
+    ("W8A16", "aten._weight_int8pack_mm", torch.int8),
+    ("W4A16", "aten._weight_int4pack_mm_for_cpu", torch.uint8),  # two 4-bit codes per byte
+])
+def test_int8_layers_really_run_integer_ops_on_integer_inputs(tiny, tiny_input, bits: str, linear_op: str,
+                                                               linear_weight: torch.dtype) -> None:
+    """What ran, seen by the dispatcher: each int8-kernel layer called oneDNN's integer GEMM/conv on
+    uint8 activations and int8 weights, each weight-only layer the mixed-dtype kernel on integer
+    weights, and none of them a float GEMM/conv; a kernel swapped for float maths fails here even
+    if it keeps its label."""
+    ranges = _calibrate(tiny, tiny_input)
+    cfg = BitConfig(GROUPS, {"re:proj|ff": bits, "_default": "W8A8" if bits.endswith("A8") else "W16A16"})
+    with quantized(tiny, cfg, "int8", ranges) as qm, torch.no_grad():
+        qm.set_step(0)
+        labels = {n: q.kernels[q.plan[0]].label for n, q in qm.layers.items()}
+        with _OpsPerLayer(qm) as rec:
+            qm(tiny_input)
+    a8 = bits.endswith("A8")
+    expected = {"conv_in": "int8-kernel", "proj": "int8-kernel", "ff": "int8-kernel", "conv_out": "int8-kernel"}
+    assert labels == (expected if a8 else {"proj": "weight-only-kernel", "ff": "weight-only-kernel"})
+    for name, layer in {n: getattr(tiny, n) for n in labels}.items():
+        ops = rec.ops.get(name, [])
+        names = [op for op, _ in ops]
+        assert not FLOAT_COMPUTE & set(names), (name, labels[name], names)
+        if isinstance(layer, nn.Conv2d):
+            want, dtypes = "onednn.qconv_pointwise", {0: torch.uint8, 3: torch.int8}
+        else:
+            want, dtypes = linear_op, ({0: torch.uint8, 3: linear_weight} if a8 else {1: linear_weight})
+        calls = [d for op, d in ops if op == want]
+        assert len(calls) == 1, (name, names)
+        assert all(calls[0][i] == dt for i, dt in dtypes.items()), (name, want, calls[0])

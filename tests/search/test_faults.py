@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,10 +146,11 @@ def test_executor_registry_and_cli_options_reject_bad_input(tmp_path: Path) -> N
 
 # ---- the built-in workload --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A study with inventory, calibration, sensitivities and candidates stored, nothing evaluated."""
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     path = tmp_path_factory.mktemp("prepared") / "p.db"
     s = Study.create("p", SPEC, str(path))
@@ -156,7 +158,8 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     s.activation_ranges(_quiet)
     s.propose(layers, s.sensitivities(layers, _quiet), _quiet)
     s.storage.close()  # checkpoints the WAL into the file we copy
-    return path
+    yield path
+    torch.set_num_threads(threads)  # no thread count leaks into later tests
 
 
 def _copy(prepared: Path, tmp_path: Path) -> Study:
@@ -165,28 +168,79 @@ def _copy(prepared: Path, tmp_path: Path) -> Study:
     return Study.load("p", str(path))
 
 
-def test_nan_metric_is_failed_and_never_on_the_front(prepared: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nan_and_inf_metrics_are_failed_and_never_on_the_front(prepared: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     study = _copy(prepared, tmp_path)
-    real, poisoned = study.workload.quality, []
+    real, poison = study.workload.quality, [math.nan, math.inf, -math.inf]
+    poisoned: dict[int, float] = {}  # candidate id -> the value its evaluation returned
 
     def quality(ref: Any, test: Any) -> dict[str, float]:
         out = real(ref, test)
-        if not poisoned:  # the first candidate evaluated diverged
-            poisoned.append(True)
-            out["psnr_db"] = math.nan
+        if poison:  # the first three candidates evaluated diverged: NaN, +inf (it would top the front), -inf
+            out["psnr_db"] = poison.pop(0)
+            running = study.storage.list_candidates("p", states=[CandidateState.RUNNING])
+            poisoned[running[0].id] = out["psnr_db"]
         return out
 
     monkeypatch.setattr(study.workload, "quality", quality)
     study.run(progress=_quiet)
-    cands = study.storage.list_candidates("p")
-    failed = [c for c in cands if c.state == CandidateState.FAILED]
-    assert len(failed) == 1 and "non-finite psnr_db" in (failed[0].reason or "")
-    assert all(c.state == CandidateState.COMPLETE for c in cands if c is not failed[0])
-    assert failed[0].id not in {p.candidate_id for p in study.front_points()}
+    cands = {c.id: c for c in study.storage.list_candidates("p")}
+    assert len(cands) >= 4 and len(poisoned) == 3
+    for cid, value in poisoned.items():
+        assert cands[cid].state == CandidateState.FAILED, (value, cands[cid])
+        assert f"non-finite psnr_db = {value}" in (cands[cid].reason or "")
+    assert all(c.state == CandidateState.COMPLETE for cid, c in cands.items() if cid not in poisoned)
+    assert not set(poisoned) & {p.candidate_id for p in study.front_points()}
     front = study.pareto(("psnr_db", "wbits"))
-    assert front and failed[0].id not in {p.candidate_id for p in front}
+    assert front and not set(poisoned) & {p.candidate_id for p in front}
     assert all(math.isfinite(p.metrics["psnr_db"]) for p in front)
+
+
+def test_a_metric_that_raises_fails_that_evaluation_and_the_run_goes_on(prepared: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11 (4.3): FCD raised LinAlgError (full_samples=1) outside measure's error handling; the
+    run crashed and so did every resume. Now that evaluation is FAILED with the reason, the others go on."""
+    import numpy as np
+
+    study = _copy(prepared, tmp_path)
+
+    def distribution(test: Any, offset: int = 0) -> dict[str, float]:
+        raise np.linalg.LinAlgError("Eigenvalues did not converge")
+
+    monkeypatch.setattr(study.workload, "distribution", distribution)
+    study.run(progress=_quiet)
+    cands = study.storage.list_candidates("p")
+    promoted = [c for c in cands if c.fidelity == "full"]
+    assert promoted and all(c.state == CandidateState.FAILED for c in promoted)
+    for c in promoted:
+        assert c.reason == "alignment/distribution metric failed: LinAlgError: Eigenvalues did not converge"
+    assert all(c.state == CandidateState.COMPLETE for c in cands if c.fidelity == "cheap")
+    evals = study.storage.list_evaluations("p")
+    assert {e.candidate_id for e in evals} == {c.id for c in cands}  # every cheap evaluation kept
+    assert not [e for e in evals if e.fidelity == "full"]  # no failed evaluation stored as a score
+    assert study.storage.get_study("p").state.value == "COMPLETE"
+    # resume: a new coordinator finds nothing left to do (and does not crash)
+    resumed = Study.load("p", str(study.storage.url))
+    resumed._workload = study.workload
+    resumed.run(progress=_quiet)
+    assert [(c.id, c.state, c.reason) for c in resumed.storage.list_candidates("p")] == [
+        (c.id, c.state, c.reason) for c in cands]
+    # the reason is what a user sees in `bitsearch status`
+    out = CliRunner().invoke(app, ["status", "p", "--db", str(study.storage.url)])
+    assert out.exit_code == 0, out.output
+    assert "LinAlgError" in out.output
+
+
+def test_the_fake_backend_is_never_recorded_as_measured(prepared: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    stored = _copy(prepared, tmp_path)
+    fake = Study("p", dataclasses.replace(stored.spec, backend="fake"), stored.storage)
+    assert fake.evaluate(fake.activation_ranges(_quiet), _quiet) >= 4
+    evals = fake.storage.list_evaluations("p")
+    assert evals and all(e.backend == "fake" and e.run_labels.get("simulated", 0) > 0 for e in evals)
+    assert not any(e.measured for e in evals)
+    assert all(not p.measured for p in fake.front_points())
 
 
 def _cli(*args: str) -> list[str]:
@@ -230,6 +284,44 @@ def test_killed_coordinator_then_resume_evaluates_each_candidate_once(tmp_path: 
     for cid in interrupted:  # the one being evaluated when the coordinator died ran again
         assert st.get_candidate(cid).attempts == 2
     assert st.get_study("k").state.value == "COMPLETE"
+
+
+class Rendezvous(Evaluator):
+    """Instant fake measurements, but no evaluation returns until two workers have claimed candidates
+    (or `wait_s` pass): a run with one live worker cannot pass for two."""
+
+    def __init__(self, storage: Storage, study: str, wait_s: float = 30.0) -> None:
+        self.storage, self.study, self.wait_s = storage, study, wait_s
+
+    def workers(self) -> set[str]:
+        running = {c.lease_owner for c in self.storage.list_candidates(self.study, states=[CandidateState.RUNNING])}
+        done = {e.worker for e in self.storage.list_evaluations(self.study)}
+        return {owner.rsplit(":", 1)[0] for owner in running | done if owner}  # host:pid:worker, not the claim
+
+    def __call__(self, candidate: Any) -> Outcome:
+        deadline = time.time() + self.wait_s
+        while self.wait_s and len(self.workers()) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        self.wait_s = 0.0  # waited once (met or gave up): a lone worker then fails the test quickly
+        return Outcome(metrics={"psnr_db": 20.0 + candidate.config["i"]}, run_labels={"int8-kernel": 3},
+                       backend="fake-test")
+
+
+@pytest.mark.slow
+def test_ray_executor_runs_evaluations_on_both_workers(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray", reason="pip install ray to run the ray executor tests")
+    _, st = _fake_study(tmp_path, n=6)
+    executor = get_executor("ray", workers=2, threads_per_worker=1, num_cpus=2, lease_timeout_s=10)
+    module = sys.modules[__name__]
+    ray.cloudpickle.register_pickle_by_value(module)  # the actors cannot import this test module
+    try:
+        assert executor.run("f", st, Rendezvous(st, "f")) == 6
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(module)
+    _exactly_once(st, "f")
+    per_worker = Counter(e.worker.rsplit(":", 1)[0] for e in st.list_evaluations("f") if e.worker)
+    assert len(per_worker) == 2, per_worker  # two distinct actors (host:pid:id) evaluated
+    assert all(str(os.getpid()) not in w.split(":") for w in per_worker)  # in actors, not in this process
 
 
 @pytest.mark.slow

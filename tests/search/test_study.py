@@ -19,6 +19,7 @@ SPEC = StudySpec(budget=("wbits=4.5",), timestep_groups=2, num_steps=8, trials=3
 def study(tmp_path_factory):  # type: ignore[no-untyped-def]
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     db = str(tmp_path_factory.mktemp("db") / "s.db")
     s = Study.create("t", SPEC, db)
@@ -28,7 +29,8 @@ def study(tmp_path_factory):  # type: ignore[no-untyped-def]
     assert s.evaluate(ranges, lambda m: None, max_seconds=0.0) == 0  # stop before any evaluation
     resumed = Study.load("t", db)  # a new coordinator picks up the stored study
     resumed.run(progress=lambda m: None)
-    return resumed
+    yield resumed
+    torch.set_num_threads(threads)  # no thread count leaks into later tests
 
 
 def test_every_candidate_evaluated_exactly_once(study) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from datetime import timezone
 
 import pytest
@@ -133,6 +134,45 @@ def test_evaluation_round_trip(storage: Storage) -> None:
     assert [x.candidate_id for x in storage.list_evaluations("s", measured_only=True)] == [ca.id]
     assert storage.get_evaluations(cb.id) == [sim]
     assert storage.count_candidates("s")[CandidateState.COMPLETE] == 2
+
+
+@pytest.mark.parametrize(("backend", "labels", "why"), [
+    ("int8", {}, "no run labels"),
+    ("int8", {"int8-kernel": 3, "simulated": 1}, "1 layers ran simulated"),
+    ("fake", {"float": 4}, "backend 'fake' simulates"),
+    ("fake", {"int8-kernel": 4}, "backend 'fake' simulates"),  # a fake run with a real-looking label
+])
+def test_measured_needs_real_labels_from_a_real_backend(storage: Storage, backend: str, labels: dict[str, int],
+                                                       why: str) -> None:
+    storage.create_study("s", SPEC)
+    storage.add_candidates("s", [bit_config(0), bit_config(1)], "ilp")
+    c = storage.claim("s", "w")
+    assert c is not None
+    with pytest.raises(ValueError, match=f"{why}.*cannot be reported as measured"):
+        storage.complete(c.id, "w", metrics={"q": 1.0}, backend=backend, machine="m", run_labels=labels, measured=True)
+    assert storage.get_candidate(c.id).state is CandidateState.RUNNING and storage.list_evaluations("s") == []
+    # left to storage (measured=None), the same run is recorded as estimated, not measured
+    assert storage.complete(c.id, "w", metrics={"q": 1.0}, backend=backend, machine="m",
+                            run_labels=labels) is CandidateState.COMPLETE
+    # the control: real labels from the int8 backend are measured
+    real = storage.claim("s", "w2")
+    assert real is not None
+    storage.complete(real.id, "w2", metrics={"q": 2.0}, backend="int8", machine="m", run_labels={"int8-kernel": 4})
+    assert {e.candidate_id: e.measured for e in storage.list_evaluations("s")} == {c.id: False, real.id: True}
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_infinite_metric_fails_the_candidate(storage: Storage, value: float) -> None:
+    storage.create_study("s", SPEC)
+    storage.add_candidate("s", bit_config(0), "ilp")
+    c = storage.claim("s", "w")
+    assert c is not None
+    state = storage.complete(c.id, "w", metrics={"psnr_db": 20.0, "fcd": value}, backend="int8", machine="m",
+                             run_labels={"int8-kernel": 1})
+    assert state is CandidateState.FAILED
+    got = storage.get_candidate(c.id)
+    assert got.state is CandidateState.FAILED and f"non-finite fcd = {value}" in (got.reason or "")
+    assert storage.list_evaluations("s") == []
 
 
 def test_promote_to_higher_fidelity(storage: Storage) -> None:

@@ -12,7 +12,12 @@ from workloads.builtin import metrics  # noqa: E402
 from workloads.builtin._nets import WEIGHTS_DIR  # noqa: E402
 from workloads.builtin.text import HELDOUT_STYLES, TRAIN_STYLES, heldout_prompt, prompt_table  # noqa: E402
 
-KINDS = [k for k in ("unet", "dit") if (WEIGHTS_DIR / f"{k}_denoiser.safetensors").exists()]
+# Both denoisers are shipped (committed weights); one missing is reported as a skip with the command
+# that rebuilds it, never dropped from the parametrization silently.
+KINDS = [pytest.param(k, marks=pytest.mark.skipif(
+    not (WEIGHTS_DIR / f"{k}_denoiser.safetensors").exists(),
+    reason=f"{k} weights missing from {WEIGHTS_DIR}: restore them from git or run "
+           f"`python -m workloads.builtin.train --kind {k}`")) for k in ("unet", "dit")]
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +37,8 @@ def _test_split():
 
 def test_weights_are_small_safetensors_with_json_configs():
     files = sorted(WEIGHTS_DIR.glob("*.safetensors"))
-    assert {"classifier", "clip", "unet_denoiser", "unet_conditioner"} <= {f.stem for f in files}
+    assert {"classifier", "clip", "unet_denoiser", "unet_conditioner", "dit_denoiser", "dit_conditioner"} <= {
+        f.stem for f in files}
     assert sum(f.stat().st_size for f in files) <= 10 * 2**20
     for f in files:
         assert f.with_suffix(".json").exists()
@@ -103,6 +109,11 @@ def test_frechet_distance_closed_form():
     f = np.random.default_rng(0).normal(size=(300, 8))
     assert metrics.frechet_distance(f, f) == pytest.approx(0.0, abs=1e-6)
     assert metrics.frechet_distance(f, f + 1.0) == pytest.approx(8.0, rel=1e-6)
+    # its minimum: two samples per set (one sample has no covariance; numpy used to raise LinAlgError)
+    assert metrics.FCD_MIN_IMAGES == 2
+    assert np.isfinite(metrics.frechet_distance(f[:2], f[2:4]))
+    with pytest.raises(ValueError, match="at least 2 samples per set, got 1 and 300"):
+        metrics.frechet_distance(f[:1], f)
 
 
 def test_fcd_noise_floor_is_below_a_real_gap():

@@ -18,10 +18,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# The fewest images per set FCD is defined for: a covariance of one sample is undefined (NaN, and
+# numpy's eigh then raises LinAlgError). Studies check full_samples against it (Workload.min_images).
+FCD_MIN_IMAGES = 2
+
 
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2), float64, via symmetric eigendecompositions."""
     a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
+    if min(len(a), len(b)) < FCD_MIN_IMAGES:
+        raise ValueError(f"the Frechet distance needs at least {FCD_MIN_IMAGES} samples per set, "
+                         f"got {len(a)} and {len(b)}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     w, v = np.linalg.eigh(sa)

@@ -14,6 +14,7 @@ from workloads.base import Batch, Generation, OnStep, Workload, register, split_
 
 from .metric_models import load_classifier, load_clip
 from .metrics import (
+    FCD_MIN_IMAGES,
     clip_scores,
     frechet_classifier_distance,
     hf_clip_score,
@@ -31,6 +32,7 @@ KINDS = ("unet", "dit")
 @register
 class BuiltinWorkload(Workload):
     name = "builtin"
+    min_images = {"full_samples": {"fcd": FCD_MIN_IMAGES}}  # the full evaluation's distribution metric
 
     def __init__(self, kind: str = "unet", num_steps: int = 20, guidance_scale: float | None = None,
                  base_seed: int = 0, clip_model: str | None = None) -> None:
