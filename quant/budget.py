@@ -6,6 +6,7 @@ Written like `wbits=4.5`, `size=0.3x` (relative to the W16A16 model), `size=120M
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,8 +34,9 @@ class Limit:
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise ConfigError(f"unknown budget metric {self.metric!r}; valid: {', '.join(METRICS)}")
-        if not self.value > 0:
-            raise ConfigError(f"budget {self.metric} must be positive, got {self.value}")
+        # NaN fails every comparison and inf passes every one: both would silently disable the limit
+        if not (math.isfinite(self.value) and self.value > 0):
+            raise ConfigError(f"budget {self.metric} must be positive and finite, got {self.value}")
         if self.metric == "wbits" and self.relative:
             raise ConfigError("wbits is already a ratio-free number; write e.g. wbits=4.5")
 

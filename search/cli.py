@@ -7,22 +7,17 @@ commands that only talk to the database) start fast.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
+import warnings
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from quant.layers import Layer
-
-app = typer.Typer(
-    name="bitsearch",
-    help="Mixed-precision quantization search for diffusion models.",
-    no_args_is_help=True,
-    add_completion=False,
-    # Errors we expect are reported in one line by `_fail`; anything else is a bug and keeps its traceback.
-    pretty_exceptions_enable=False,
-)
 
 # Exit status for a bad argument or input (the same code click uses for usage errors).
 EXIT_USAGE = 2
@@ -36,9 +31,83 @@ def _fail(err: BaseException | str) -> NoReturn:
     raise typer.Exit(EXIT_USAGE)
 
 
+def _expected_error(err: Exception) -> str | None:
+    """The one line to show for an error the user's input or machine causes (a config error, a --db
+    that cannot be used, a file that cannot be read or written); None for anything else: a bug, which
+    keeps its traceback."""
+    from quant.config import ConfigError
+    from storage.errors import StorageError
+
+    if isinstance(err, typer.Exit | typer.Abort | typer.TyperException):  # usage errors, exits: typer's own
+        return None
+    if isinstance(err, ConfigError | StorageError):
+        return str(err)
+    if isinstance(err, OSError):
+        return f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(err, OperationalError):  # the database refused or went away (read-only, full, unreachable)
+        from storage.migrate import explain
+
+        return f"database error: {explain(err)}"
+    return None
+
+
+class _Group(TyperGroup):
+    """Runs every command: expected errors from anywhere inside one are reported in one line by `_fail`
+    (commands need not catch each one), anything else keeps its traceback."""
+
+    def invoke(self, ctx: Any) -> Any:  # Any: typer's vendored click Context is not public
+        try:
+            return super().invoke(ctx)
+        except Exception as err:
+            line = _expected_error(err)
+            if line is None:
+                raise
+            _fail(line)
+
+
+app = typer.Typer(
+    name="bitsearch",
+    help="Mixed-precision quantization search for diffusion models.",
+    no_args_is_help=True,
+    add_completion=False,
+    cls=_Group,
+    pretty_exceptions_enable=False,  # a traceback only for bugs (see _Group), printed plainly
+)
+
+# Libraries that report their own import-time trouble on stderr: torchao's CUDA-only extensions that
+# cannot load on a CPU machine, torch's pytree deprecations, diffusers/transformers notes (accelerate
+# missing, torchao tensor types), Ray's startup. Nothing there is for the user of a command.
+_QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "diffusers", "transformers", "ray", "accelerate", "optuna")
+_THIRD_PARTY = r"(torch|torchao|torchvision|diffusers|transformers|accelerate|huggingface_hub|safetensors|pulp|" \
+               r"highspy|optuna|ray|numpy|scipy|matplotlib|PIL)(\.|$)"
+
+
+def _quiet_third_party() -> None:
+    """Hide third-party warnings and log messages below ERROR (`--verbose` keeps them)."""
+    warnings.filterwarnings("ignore", module=_THIRD_PARTY)
+    # raised by libraries on behalf of their caller (stacklevel), so they are attributed to our modules
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # diffusers and transformers reset their loggers' levels when first imported, from these variables
+    # (which Ray workers inherit too); their weight-loading progress bars follow huggingface_hub's switch
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 @app.callback()
-def main() -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show third-party warnings and log messages "
+                                          "(hidden by default).")] = False,
+) -> None:
     """Mixed-precision quantization search for diffusion models."""
+    if not verbose:
+        _quiet_third_party()
 
 
 @app.command()
@@ -291,7 +360,7 @@ def list_studies(db: DbOption = None) -> None:
     from rich.table import Table
 
     table = Table("name", "state", "model", "budget", "candidates")
-    st = _storage(db)
+    st = _storage(db, readonly=True)
     for info in st.list_studies():
         counts = st.count_candidates(info.name)
         table.add_row(info.name, str(getattr(info.state, "value", info.state)), str(info.spec.get("model")),
@@ -308,7 +377,7 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")], db: DbOptio
 
         bitsearch status demo
     """
-    study = _load(name, db)
+    study = _load(name, db, readonly=True)
     counts = study.storage.count_candidates(name)
     info = study.storage.get_study(name)
     typer.echo(f"study {name}: {getattr(info.state, 'value', info.state)}")
@@ -396,7 +465,9 @@ def pareto(
     from quant.config import ConfigError
     from search.study import objective_name
 
-    study = _load(name, db)
+    if plot:
+        _check_output(plot, "--plot")
+    study = _load(name, db, readonly=True)
     objs = [objective_name(o.strip()) for o in objectives.split(",") if o.strip()]
     if fmt not in ("table", "json", "csv"):
         _fail(f"unknown format {fmt!r}; valid: table, json, csv")
@@ -460,7 +531,8 @@ def export(
 
     if (candidate is None) == (best_under is None):
         _fail("give exactly one of --candidate ID or --best-under METRIC=VALUE")
-    study = _load(name, db)
+    _check_output(output, "--output")
+    study = _load(name, db, readonly=True)
     points = study.front_points()
     if candidate is not None:
         chosen = next((p for p in points if p.candidate_id == candidate), None)
@@ -484,6 +556,63 @@ def export(
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+@app.command()
+def delete(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Delete even while a live process runs the study.")] = False,
+    heartbeat_timeout: HeartbeatOption = 60.0,
+    db: DbOption = None,
+) -> None:
+    """Delete a study and everything recorded for it: candidates, evaluations, sensitivity scores,
+    artifacts, and its Optuna study (`bitsearch/NAME`). Latency tables are shared by studies and stay.
+
+    A RUNNING study whose runner is alive (a heartbeat within --heartbeat-timeout seconds) is refused
+    unless --force: stop that process first. A study whose runner died can be deleted as it is.
+
+    Example:
+
+        bitsearch delete demo --yes
+    """
+    from datetime import timedelta
+
+    from storage import StudyState
+    from storage.models import utcnow
+
+    st = _storage(db)
+    info = st.get_study(name)
+    if info.state == StudyState.RUNNING and not force:
+        evaluating = st.live_leases(name, lease_timeout_s=heartbeat_timeout)
+        beat = info.heartbeat_at
+        if evaluating or (beat is not None and utcnow() - beat < timedelta(seconds=heartbeat_timeout)):
+            _fail(f"study {name} is RUNNING and its runner is alive ({evaluating} candidates being evaluated); "
+                  "stop it first, or pass --force")
+    if not yes:
+        try:
+            confirmed = typer.confirm(f"delete study {name} and everything recorded for it?", default=False)
+        except typer.Abort:  # no answer: stdin closed or not a terminal
+            confirmed = False
+        if not confirmed:
+            _fail("nothing deleted; answer y, or pass --yes")
+    counts = st.count_candidates(name)
+    if info.spec.get("solver") == "optuna":
+        _delete_optuna_study(st.url.render_as_string(hide_password=False), name)
+    st.delete_study(name)  # last: if anything above fails, the study is still there to delete again
+    typer.echo(f"deleted study {name} ({sum(counts.values())} candidates)")
+
+
+def _delete_optuna_study(url: str, name: str) -> None:
+    from contextlib import suppress
+
+    import optuna
+
+    from search.optuna_rounds import optuna_study_name
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with suppress(KeyError):  # KeyError: the study stopped before its first Optuna round
+        optuna.delete_study(study_name=optuna_study_name(name), storage=url)
+
+
 
 
 @db_app.command("upgrade")
@@ -500,24 +629,29 @@ def db_upgrade(db: DbOption = None) -> None:
     typer.echo("database is at the current schema")
 
 
-def _storage(db: str | None) -> Any:
-    from storage import Storage, StorageError
+def _storage(db: str | None, *, readonly: bool = False) -> Any:
+    """An existing bitsearch database (never created here: only `launch` makes one); `readonly` for
+    commands that only read, which then cannot alter it (see storage/db.py)."""
+    from storage import Storage
 
-    try:
-        return Storage(db)
-    except StorageError as e:
-        _fail(e)
+    return Storage(db, create=False, readonly=readonly)
 
 
-def _load(name: str, db: str | None) -> Any:
-    from quant.config import ConfigError
+def _load(name: str, db: str | None, *, readonly: bool = False) -> Any:
     from search.study import Study
-    from storage import StorageError
 
-    try:
-        return Study.load(name, db)
-    except (StorageError, ConfigError) as e:
-        _fail(e)
+    return Study.load(name, db, readonly=readonly)
+
+
+def _check_output(path: str, option: str) -> None:
+    """Fail before any work when `path` cannot be written, instead of after it."""
+    from pathlib import Path
+
+    out = Path(path)
+    if out.is_dir():
+        _fail(f"{option} {path} is a directory; give a file name")
+    if not out.parent.is_dir():
+        _fail(f"{option} {path}: directory {out.parent} does not exist; create it first")
 
 
 class _StudyProgress:

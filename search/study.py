@@ -22,7 +22,6 @@ union of its evaluations'.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -55,6 +54,26 @@ def check_estimators(names: Sequence[str]) -> None:
 def check_solver(name: str) -> None:
     if name not in STUDY_SOLVERS:
         raise ConfigError(f"unknown solver {name!r}; valid: {', '.join(STUDY_SOLVERS)}")
+
+
+def check_backend(name: str) -> None:
+    """A study's backend runs every evaluation: an unknown one must fail before the study is stored,
+    not in its first evaluation, where it would leave a RUNNING study behind."""
+    import quant.backends  # noqa: F401  (registers the built-in backends)
+    from quant.backends.base import backend_names
+
+    if name not in backend_names():
+        raise ConfigError(f"unknown backend {name!r}; valid: {', '.join(backend_names())}")
+
+
+def check_text(what: str, value: str) -> None:
+    """Names, paths and spec strings end up in SQL text columns, file paths and one-line messages:
+    PostgreSQL refuses NUL, the OS refuses it in paths, and control characters forge output lines."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigError(f"{what} {value!r} contains a control character (e.g. NUL or newline); remove it")
+
+
+SEED_LIMIT = 2**32  # numpy's seeds stop there; estimators derive further seeds from it (seed * 1009 + g)
 
 
 def check_budget(spec: StudySpec, layers: Sequence[Any]) -> None:
@@ -103,6 +122,10 @@ class StudySpec:
     patience: int = 8
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            for text in (value,) if isinstance(value, str) else value if isinstance(value, tuple) else ():
+                check_text(f.name, str(text))
         Budget.parse(list(self.budget))  # raises a clear error on a malformed budget
         for b in (*self.bits, *self.baselines):
             Bits.parse(b)
@@ -114,6 +137,9 @@ class StudySpec:
             raise ConfigError("trials, eval_samples, calibration_samples and full_samples must be >= 1")
         if self.patience < 0:
             raise ConfigError("patience must be >= 0 (0: never stop early)")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ConfigError(f"seed must be between 0 and {SEED_LIMIT - 1}, got {self.seed}")
+        check_backend(self.backend)
 
     @property
     def groups(self) -> TimestepGroups:
@@ -171,12 +197,12 @@ class Study:
         return study
 
     @classmethod
-    def load(cls, name: str, db: str | None = None) -> Study:
+    def load(cls, name: str, db: str | None = None, *, readonly: bool = False) -> Study:
+        """An existing study (a missing or foreign database raises DatabaseOpenError; nothing is
+        created). `readonly` for callers that only read: the database then cannot be altered."""
         from storage import Storage
 
-        st = Storage(db, create=False) if db is None or "://" in str(db) or os.path.exists(str(db)) else None
-        if st is None:
-            raise ConfigError(f"no database at {db}; launch a study first or pass --db")
+        st = Storage(db, create=False, readonly=readonly)
         info = st.get_study(name)
         return cls(name, StudySpec.from_dict(info.spec), st)
 

@@ -8,6 +8,13 @@ its job. Read-only scopes use a deferred BEGIN and never block writers (WAL).
 
 PostgreSQL is reached through psycopg 3 (`postgresql+psycopg://`); plain `postgresql://` URLs are
 mapped to it because psycopg2 is not a dependency.
+
+Opening modes: `create=True` (commands that write: launch, import, db upgrade) makes a missing SQLite
+file, its directories and WAL mode. `create=False` opens only what exists (a missing file is an error,
+not an empty new database) and leaves the journal mode alone: WAL is a persistent property of the file,
+set when bitsearch created it, and switching someone else's file to WAL would outlive this process.
+`readonly=True` (commands that only read) also makes the connection itself unable to write
+(SQLite `query_only`, PostgreSQL read-only transactions), so a bug cannot alter a database either.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
@@ -27,6 +35,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import OperationalError as SAOperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
+
+from storage.errors import DatabaseOpenError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +51,26 @@ _PG_TRANSIENT = {"40001", "40P01", "55P03", "57P01", "57P03"}
 _SQLITE_TRANSIENT = ("database is locked", "database is busy", "database table is locked")
 
 
+_URL_HELP = "write a SQLite file (runs.db, sqlite:///runs.db) or postgresql://user@host/db"
+
+
 def normalize_url(url: str | URL | None) -> URL:
     """A SQLAlchemy URL from what a user types: None -> ./bitsearch.db; a bare path -> SQLite file;
-    `postgresql://` / `postgres://` -> the psycopg 3 driver."""
+    `postgresql://` / `postgres://` -> the psycopg 3 driver. Anything else raises StorageError."""
     if url is None:
         url = DEFAULT_URL
     if isinstance(url, str) and "://" not in url:
+        if not url.strip() or "\0" in url:
+            raise StorageError(f"database {url!r} is not a usable file name; {_URL_HELP}")
         url = "sqlite:///" + str(Path(url).expanduser())
-    u = make_url(url)
+    try:
+        u = make_url(url)
+    except (ValueError, TypeError) as e:  # ArgumentError is a ValueError; a bad port raises int()'s
+        raise StorageError(f"cannot parse database URL {str(url)!r} ({e}); {_URL_HELP}") from None
     if u.drivername in ("postgresql", "postgres"):
         u = u.set(drivername="postgresql+psycopg")
+    if u.get_backend_name() not in ("sqlite", "postgresql"):
+        raise StorageError(f"database URL {display_url(u)}: {u.get_backend_name()!r} is not supported; {_URL_HELP}")
     return u
 
 
@@ -59,23 +79,52 @@ def display_url(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def create_engine_for(url: str | URL | None, *, busy_timeout_s: float = 30.0, echo: bool = False) -> Engine:
+def create_engine_for(
+    url: str | URL | None, *, busy_timeout_s: float = 30.0, echo: bool = False, create: bool = True,
+    readonly: bool = False,
+) -> Engine:
+    """The engine for `url`; `create` and `readonly` as in the module docstring."""
     u = normalize_url(url)
     if u.get_backend_name() == "sqlite":
-        return _sqlite_engine(u, busy_timeout_s, echo)
+        return _sqlite_engine(u, busy_timeout_s, echo, create=create and not readonly, readonly=readonly)
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "echo": echo}
-    return create_engine(u, **kwargs)
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in u.query:
+        # a host that drops packets would otherwise hang each of run()'s retries for minutes
+        connect_args["connect_timeout"] = 10
+    if readonly:
+        # every transaction read-only; kept apart from a user's own `options` (e.g. search_path)
+        options = u.query.get("options", "")
+        u = u.update_query_dict({"options": f"{options} -cdefault_transaction_read_only=on".strip()})
+    return create_engine(u, connect_args=connect_args, **kwargs)
 
 
-def _sqlite_engine(u: URL, busy_timeout_s: float, echo: bool) -> Engine:
+def _sqlite_file(u: URL) -> Path | None:
+    """The file a SQLite URL names; None for an in-memory database or a URI the user wrote themselves."""
+    if u.database in (None, "", ":memory:") or u.query.get("uri") == "true":
+        return None
+    return Path(u.database).expanduser()
+
+
+def _sqlite_engine(u: URL, busy_timeout_s: float, echo: bool, *, create: bool, readonly: bool) -> Engine:
     memory = u.database in (None, "", ":memory:")
+    path = _sqlite_file(u)
     kwargs: dict[str, Any] = {"echo": echo, "connect_args": {"timeout": busy_timeout_s}}
     if memory:
         # one shared connection, else every pooled connection sees its own empty database
         kwargs["poolclass"] = StaticPool
         kwargs["connect_args"]["check_same_thread"] = False
-    elif u.database:
-        Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    elif path is not None and create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif path is not None:
+        if not path.is_file():
+            raise DatabaseOpenError(
+                f"no bitsearch database at {path}"
+                + ("" if path.parent.is_dir() else f" (directory {path.parent} does not exist)")
+                + "; check --db, or create one with `bitsearch launch --db ...`"
+            )
+        # mode=rw: SQLite never creates the file, even if it vanishes between the check and the connect
+        u = u.set(database=f"file:{quote(str(path.resolve()))}").update_query_dict({"mode": "rw", "uri": "true"})
     engine = create_engine(u, **kwargs)
 
     @event.listens_for(engine, "connect")
@@ -84,8 +133,11 @@ def _sqlite_engine(u: URL, busy_timeout_s: float, echo: bool) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         if not memory:
-            cur.execute("PRAGMA journal_mode=WAL")
+            if create:
+                cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; safe with WAL
+        if readonly:
+            cur.execute("PRAGMA query_only=ON")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -128,12 +180,16 @@ class Database:
 
     def __init__(
         self, url: str | URL | None = None, *, busy_timeout_s: float = 30.0, retries: int = 8,
-        echo: bool = False,
+        echo: bool = False, create: bool = True, readonly: bool = False,
     ) -> None:
         self.url = normalize_url(url)
         self.retries = retries
-        self.engine = create_engine_for(self.url, busy_timeout_s=busy_timeout_s, echo=echo)
+        self.readonly = readonly
+        self.engine = create_engine_for(self.url, busy_timeout_s=busy_timeout_s, echo=echo, create=create,
+                                        readonly=readonly)
         self._read_engine = self.engine.execution_options(**{_BEGIN_OPTION: "DEFERRED"})
+        # BEGIN IMMEDIATE takes SQLite's write lock: a read-only database must never hold up a running study
+        self._write_engine = self._read_engine if readonly else self.engine
         self._pid = os.getpid()
 
     @property
@@ -149,8 +205,11 @@ class Database:
     @contextmanager
     def session_scope(self, *, readonly: bool = False) -> Iterator[Session]:
         """A session in one transaction: committed when the block ends, rolled back on any error."""
+        if self.readonly and not readonly:
+            # the connection would refuse the first write anyway; this names why
+            raise StorageError(f"cannot write to {display_url(self.url)}: this command opened it read-only")
         self._check_fork()
-        session = Session(self._read_engine if readonly else self.engine, expire_on_commit=False)
+        session = Session(self._read_engine if readonly else self._write_engine, expire_on_commit=False)
         try:
             yield session
             session.commit()

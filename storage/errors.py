@@ -27,3 +27,8 @@ class LeaseLostError(StorageError):
     """The caller no longer holds the candidate: its lease expired and was reclaimed (and maybe
     claimed by another worker), or the candidate already reached a final state. The caller must
     drop its result; the current holder's result is the one that counts."""
+
+
+class DatabaseOpenError(StorageError):
+    """The database named by --db cannot be used: missing, unreachable, not a database file, or a
+    database without bitsearch's tables where nothing may be created."""

@@ -2,21 +2,25 @@
 so no alembic.ini is needed at runtime, and the version table is bitsearch's own
 (`bitsearch_alembic_version`; Optuna's RDBStorage keeps its `alembic_version` in the same database).
 
-A fresh database is created at head on first open. A database behind head is never upgraded
-silently (users may share it with an older bitsearch on another machine): opening it raises an
+A fresh database is created at head on first open by a command that writes; a command that only reads
+refuses a database without bitsearch's tables (another application's file, an empty one) instead of
+creating them in it. A database behind head is never upgraded silently (users may share it with an older bitsearch on another machine): opening it raises an
 error naming the command that upgrades it. Developers add a revision with
 `alembic.command.revision(alembic_config(url), autogenerate=True, message=...)`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, func, inspect, select
+from sqlalchemy.exc import DBAPIError
 
 from storage.db import Database, display_url, normalize_url
-from storage.errors import SchemaVersionError
+from storage.errors import DatabaseOpenError, SchemaVersionError
 from storage.models import VERSION_TABLE, Base
 
 if TYPE_CHECKING:
@@ -79,8 +83,10 @@ def _run_upgrade(conn: Connection, target: str = "head") -> None:
 
 
 def check_schema(conn: Connection, url: URL, *, create: bool = True) -> None:
-    """Create a fresh database at head, pass one at head, raise SchemaVersionError otherwise."""
-    _lock(conn)
+    """Pass a database at head; with `create`, make bitsearch's tables in one that has none; raise
+    SchemaVersionError or DatabaseOpenError otherwise."""
+    if create:
+        _lock(conn)
     current = current_revisions(conn)
     head = head_revision()
     if not current:
@@ -89,8 +95,12 @@ def check_schema(conn: Connection, url: URL, *, create: bool = True) -> None:
                 f"database {display_url(url)} has bitsearch tables but no {VERSION_TABLE} table; it was "
                 "not created by bitsearch's migrations. Point --db at a new database"
             )
-        if create:
-            _run_upgrade(conn)
+        if not create:
+            raise DatabaseOpenError(
+                f"{display_url(url)} is not a bitsearch database (no {VERSION_TABLE} table); check --db, "
+                "or create one with `bitsearch launch --db ...`"
+            )
+        _run_upgrade(conn)
         return
     if current == (head,):
         return
@@ -113,12 +123,49 @@ def _known(script: ScriptDirectory, revision: str) -> bool:
         return False
 
 
+# What to check when the first connection fails, by the words of the driver's message.
+_OPEN_HINTS = (
+    ("file is not a database", "check --db"),
+    ("unable to open database file", "check that the file's directory exists and is readable"),
+    ("readonly database", "the file is read-only; check its permissions, or use another --db"),
+    ("connection refused", "check the host and port, and that the PostgreSQL server is running"),
+    ("timeout expired", "check the host and port, and that the PostgreSQL server is running"),
+    ("authentication failed", "check the user name and password"),
+    ("does not exist", "check the user and database names"),
+)
+
+
+def explain(exc: DBAPIError) -> str:
+    """The driver's message in one line, with what to check (for errors a user's --db or files cause)."""
+    text = str(exc.orig).strip()
+    first = text.splitlines()[0] if text else type(exc.orig).__name__
+    hint = next((h for words, h in _OPEN_HINTS if words in text.lower()), "check --db")
+    return f"{first}; {hint}"
+
+
+@contextmanager
+def _opening(db: Database) -> Iterator[None]:
+    """Turn the driver errors a --db can cause (no server, a non-database file, no permission) into
+    one-line DatabaseOpenErrors naming the database and what to check."""
+    try:
+        yield
+    except DBAPIError as e:
+        raise DatabaseOpenError(f"cannot open database {display_url(db.url)}: {explain(e)}") from e
+
+
+def open_schema(db: Database, *, create: bool) -> None:
+    """The first use of a database: check its schema (with `create`, make it when there is none)."""
+    with _opening(db):
+        # without `create` nothing is written: a read transaction never takes SQLite's write lock
+        db.run(lambda s: check_schema(s.connection(), db.url, create=create), readonly=not create)
+
+
 def upgrade(url: str | URL | None = None, revision: str = "head") -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Migrate the database at `url` to `revision` (what `bitsearch db upgrade` runs).
     Returns the revisions before and after."""
     db = Database(url)
     try:
-        with db.session_scope() as session:
+        with _opening(db), db.session_scope() as session:
             conn = session.connection()
             _lock(conn)
             before = current_revisions(conn)

@@ -39,7 +39,7 @@ from storage.errors import (
     StorageError,
     StudyNotFoundError,
 )
-from storage.migrate import check_schema
+from storage.migrate import open_schema
 from storage.models import (
     Artifact,
     Candidate,
@@ -214,16 +214,18 @@ def _insert(session: Session, table: Any) -> Any:
 # ---- the storage -------------------------------------------------------------------------------
 class Storage:
     """A bitsearch database. `Storage(url)` opens it (creating it at the schema head when new;
-    raising SchemaVersionError naming the upgrade command when it is behind). Picklable: a copy
-    sent to a Ray worker or a subprocess reconnects by URL."""
+    raising SchemaVersionError naming the upgrade command when it is behind). `create=False` opens
+    only an existing bitsearch database; `readonly=True` (commands that only read) also cannot write
+    to it (storage/db.py); both raise DatabaseOpenError otherwise. Picklable: a copy sent to a Ray
+    worker or a subprocess reconnects by URL."""
 
     def __init__(
-        self, url: str | URL | None = None, *, create: bool = True, busy_timeout_s: float = 30.0,
-        retries: int = 8,
+        self, url: str | URL | None = None, *, create: bool = True, readonly: bool = False,
+        busy_timeout_s: float = 30.0, retries: int = 8,
     ) -> None:
-        self._kw: dict[str, Any] = {"busy_timeout_s": busy_timeout_s, "retries": retries}
-        self._db = Database(url, **self._kw)
-        self._db.run(lambda s: check_schema(s.connection(), self._db.url, create=create))
+        self._kw: dict[str, Any] = {"busy_timeout_s": busy_timeout_s, "retries": retries, "readonly": readonly}
+        self._db = Database(url, create=create, **self._kw)
+        open_schema(self._db, create=create and not readonly)
 
     @property
     def url(self) -> URL:
@@ -262,8 +264,10 @@ class Storage:
         """A new study. `spec` is the launch specification as versioned JSON (it must hold an
         integer 'version'). An existing name raises DuplicateStudyError unless `load_if_exists`,
         which returns the stored study (its stored spec, not `spec`)."""
-        if not name or len(name) > 200 or name != name.strip():
-            raise ValueError(f"study name {name!r} must be 1-200 characters without surrounding spaces")
+        # control characters: PostgreSQL refuses NUL in text, and a newline would forge CLI output lines
+        if not name or len(name) > 200 or name != name.strip() or any(ord(c) < 32 or ord(c) == 127 for c in name):
+            raise ValueError(f"study name {name!r} must be 1-200 characters without surrounding spaces or "
+                             "control characters")
         data = _versioned(spec, "study spec", "e.g. {'version': 1, ...}")
 
         def fn(s: Session) -> StudyInfo:
