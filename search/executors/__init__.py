@@ -16,9 +16,11 @@ from search.executors.base import (
     get_executor,
     pin_threads,
     register,
+    threads_pinned,
 )
 from search.executors.local import LocalExecutor
 from search.executors.ray_executor import RayExecutor
 
 __all__ = ["Evaluator", "Executor", "Heartbeat", "LocalExecutor", "Outcome", "RayExecutor", "Worker",
-           "executor_names", "executor_params", "get_executor", "pin_threads", "register"]
+           "executor_names", "executor_params", "get_executor", "pin_threads", "register",
+           "threads_pinned"]

@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -141,6 +141,29 @@ def pin_threads(n: int) -> None:
     import torch
 
     torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def threads_pinned(n: int | None) -> Iterator[None]:
+    """`pin_threads(n)` for the duration of a block, then torch's count and the env vars as they were:
+    a long-lived process (`bitsearch serve`, a notebook, a test session) keeps its own setting.
+    None: leave threads alone."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before, env = torch.get_num_threads(), {var: os.environ.get(var) for var in THREAD_VARS}
+    pin_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        for var, value in env.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
 
 # ---- leases ------------------------------------------------------------------------------------------

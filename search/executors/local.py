@@ -11,9 +11,9 @@ from search.executors.base import (
     Progress,
     Worker,
     _quiet,
-    pin_threads,
     reclaim_and_count,
     register,
+    threads_pinned,
 )
 
 if TYPE_CHECKING:
@@ -41,8 +41,11 @@ class LocalExecutor(Executor):
 
     def run(self, study: str, storage: Storage, evaluator: Evaluator, *, progress: Progress = _quiet,
             max_seconds: float | None = None) -> int:
-        if self.threads_per_worker is not None:
-            pin_threads(self.threads_per_worker)
+        with threads_pinned(self.threads_per_worker):
+            return self._run(study, storage, evaluator, progress, max_seconds)
+
+    def _run(self, study: str, storage: Storage, evaluator: Evaluator, progress: Progress,
+             max_seconds: float | None) -> int:
         deadline = None if max_seconds is None else time.time() + max_seconds
         worker = Worker(storage, study, evaluator, lease_timeout_s=self.lease_timeout_s,
                         max_attempts=self.max_attempts, progress=progress)

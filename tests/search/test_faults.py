@@ -129,6 +129,26 @@ def test_nan_metric_fails_the_candidate_from_a_fake_evaluator(tmp_path: Path) ->
     assert first not in {e.candidate_id for e in st.list_evaluations("f")}
 
 
+def test_local_executor_pins_threads_only_while_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a long-lived process (serve, a notebook) keeps its own thread setting after a study ran in it
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen: list[tuple[int, str | None]] = []
+
+    class Recording(FakeEvaluator):
+        def __call__(self, candidate: Any) -> Outcome:
+            seen.append((torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")))
+            return super().__call__(candidate)
+
+    other = 2 if before == 1 else 1
+    _, st = _fake_study(tmp_path)
+    assert LocalExecutor(threads_per_worker=other).run("f", st, Recording()) == 3
+    assert seen == [(other, str(other))] * 3
+    assert torch.get_num_threads() == before and "OMP_NUM_THREADS" not in os.environ
+
+
 def test_executor_registry_and_cli_options_reject_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="valid executors: local, ray"):
         get_executor("dask")
