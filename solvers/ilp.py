@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import sys
 import threading
 import time
 import warnings
@@ -295,11 +297,31 @@ def _reset_highs_scheduler(threads: int | None) -> None:
         highspy.Highs.resetGlobalScheduler(True)  # blocking: the old workers have exited on return
 
 
+def _construct_highs_silently() -> None:
+    """HiGHS prints its banner ("Running HiGHS ... Copyright ...") to the process's stdout from C++ when
+    the first `Highs` object of a process is built, before pulp can set `output_flag`, so it lands in
+    every command's output. Building that first object with file descriptor 1 on /dev/null takes the
+    banner; later objects print nothing. (A thread printing in that instant would lose its line.)"""
+    import highspy
+
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
 @functools.cache
 def _highs_class() -> type:
     """pulp's HiGHS interface, plus warm start (pulp 3.3 has none for HiGHS): hand the variables'
     current values to highspy as a starting solution before `run`."""
     import pulp
+
+    _construct_highs_silently()
 
     class WarmHiGHS(pulp.HiGHS):
         def __init__(self, warm_start: bool = False, **kw: Any) -> None:

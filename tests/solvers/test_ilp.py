@@ -214,3 +214,19 @@ def test_a_solver_that_did_not_run_is_a_solver_error(layers: list[Layer], scores
     with pytest.raises(SolverError, match=r"^HiGHS: Not Set") as err:
         ilp.solve(p, "highs", threads=1)
     assert not isinstance(err.value, (InfeasibleBudget, SolverTimeout)) and err.value.status == "Not Set"
+
+
+def test_highs_prints_no_banner_on_stdout() -> None:
+    # a fresh process: HiGHS prints its banner once per process, from C++, on the first Highs object
+    import subprocess
+    import sys
+
+    code = ("from tests.solvers.conftest import make_layers, make_scores\n"
+            "from tests.solvers.test_ilp import make\n"
+            "from solvers import ilp\n"
+            "layers = make_layers()\n"
+            "print(ilp.solve(make(layers, make_scores(layers), 'wbits=5'), backend='highs') is not None)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=__file__.rsplit("/tests/", 1)[0])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "True\n"
