@@ -381,6 +381,8 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")], db: DbOptio
     counts = study.storage.count_candidates(name)
     info = study.storage.get_study(name)
     typer.echo(f"study {name}: {getattr(info.state, 'value', info.state)}")
+    if info.reason:
+        typer.echo(f"reason: {info.reason}")
     typer.echo(json.dumps(study.spec.to_dict(), indent=2))
     typer.echo("candidates: " + (", ".join(f"{getattr(k, 'value', k)}={v}" for k, v in counts.items()) or "none yet"))
     from storage import CandidateState

@@ -234,6 +234,10 @@ class Study:
             while self.promote(progress) and seconds_left(deadline) != 0:
                 self.evaluate(ranges, progress, seconds_left(deadline), executor)
         done = searched and self._done() and not self.promote(lambda m: None, dry_run=True)
+        if done:  # the page's FP-vs-quantized grid is made here and stored: reads never run the model
+            from search.samples import make_samples
+
+            make_samples(self, progress)
         self.storage.set_study_state(self.name, StudyState.COMPLETE if done else StudyState.RUNNING)
 
     @property
@@ -521,11 +525,13 @@ class Study:
         metrics are finite: NaN never reaches the front)."""
         from quant.cost import costs
 
-        layers = self.layers()
-        latency = self.solved_latency_table()
         evaluations: dict[int, list[Any]] = {}
         for ev in self.storage.list_evaluations(self.name):
             evaluations.setdefault(ev.candidate_id, []).append(ev)
+        if not evaluations:  # nothing to cost: no inventory needed (reads never compute)
+            return []
+        layers = self.layers()
+        latency = self.solved_latency_table()
         points = []
         for cid, evs in evaluations.items():
             c = costs(BitConfig.from_dict(evs[0].config), layers, latency)

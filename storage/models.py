@@ -111,6 +111,12 @@ class Study(Base):
     spec: Mapped[dict[str, Any]]
     spec_version: Mapped[int]
     state: Mapped[str] = mapped_column(String(16), default=StudyState.CREATED.value)
+    # why the study is FAILED (the exception that stopped it in the background), else NULL
+    reason: Mapped[str | None] = mapped_column(Text)
+    # the process that runs the study (an API server: "api:host:pid:uuid") and its last heartbeat,
+    # so a restarted server can tell a study whose runner died from one that is still being run
+    owner: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

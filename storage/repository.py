@@ -29,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import delete, exists, func, insert, or_, select, update
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.db import Database, display_url
@@ -65,6 +66,10 @@ WAITING, RUNNING = CandidateState.WAITING.value, CandidateState.RUNNING.value
 COMPLETE, FAILED, INVALID = CandidateState.COMPLETE.value, CandidateState.FAILED.value, CandidateState.INVALID.value
 
 
+class _NameTaken(Exception):
+    """create_study lost a race for the name (mapped to DuplicateStudyError outside the transaction)."""
+
+
 # ---- records handed back to callers ----------------------------------------------------------
 @dataclass(frozen=True)
 class StudyInfo:
@@ -75,6 +80,9 @@ class StudyInfo:
     state: StudyState
     created_at: datetime
     updated_at: datetime
+    reason: str | None = None  # why it is FAILED
+    owner: str | None = None  # the process that runs (or last ran) it, see `acquire_study`
+    heartbeat_at: datetime | None = None  # None once that process let go of it
 
 
 @dataclass(frozen=True)
@@ -141,7 +149,8 @@ class Reclaimed:
 
 
 def _study_info(r: Study) -> StudyInfo:
-    return StudyInfo(r.id, r.name, r.spec, r.spec_version, StudyState(r.state), r.created_at, r.updated_at)
+    return StudyInfo(r.id, r.name, r.spec, r.spec_version, StudyState(r.state), r.created_at, r.updated_at,
+                     r.reason, r.owner, r.heartbeat_at)
 
 
 def _candidate_info(r: Candidate) -> CandidateInfo:
@@ -281,10 +290,23 @@ class Storage:
                 )
             row = Study(name=name, spec=data, spec_version=data["version"], state=StudyState.CREATED.value)
             s.add(row)
-            s.flush()
+            try:
+                s.flush()
+            except IntegrityError:
+                # a concurrent create of the same name committed between our SELECT and INSERT (PostgreSQL
+                # waits for it, then reports the unique violation); the only unique column is the name
+                raise _NameTaken from None
             return _study_info(row)
 
-        return self._db.run(fn)
+        try:
+            return self._db.run(fn)
+        except _NameTaken:
+            if load_if_exists:
+                return self.get_study(name)
+            raise DuplicateStudyError(
+                f"a study named {name!r} already exists in {display_url(self.url)}; "
+                f"continue it with `bitsearch resume {name}` or choose another --name"
+            ) from None
 
     def get_study(self, name: str) -> StudyInfo:
         return self._db.run(lambda s: _study_info(self._study(s, name)), readonly=True)
@@ -294,13 +316,55 @@ class Storage:
             lambda s: [_study_info(r) for r in s.scalars(select(Study).order_by(Study.id))], readonly=True
         )
 
-    def set_study_state(self, name: str, state: StudyState | str) -> None:
+    def set_study_state(self, name: str, state: StudyState | str, *, reason: str | None = None) -> None:
+        """Set the state; `reason` says why (kept for FAILED, shown by the API and `status`); any other
+        state clears it."""
         value = StudyState(state).value
 
         def fn(s: Session) -> None:
-            self._study(s, name).state = value
+            row = self._study(s, name)
+            row.state, row.reason = value, reason
 
         self._db.run(fn)
+
+    def acquire_study(self, name: str, owner: str, *, previous: str | None, now: datetime | None = None) -> bool:
+        """Make `owner` the study's runner, if its runner is still `previous` (compare and set: of two
+        servers that both found the previous runner dead, one wins). False when another got it."""
+        if not owner:
+            raise ValueError("acquire_study needs a non-empty owner")
+
+        def fn(s: Session) -> bool:
+            sid = self._study(s, name).id
+            same = Study.owner.is_(None) if previous is None else Study.owner == previous
+            stmt = (update(Study).where(Study.id == sid, same).values(owner=owner, heartbeat_at=now or utcnow())
+                    .returning(Study.id).execution_options(synchronize_session=False))
+            return s.execute(stmt).first() is not None
+
+        return self._db.run(fn)
+
+    def heartbeat_study(self, name: str, owner: str, *, now: datetime | None = None) -> bool:
+        """Extend `owner`'s hold on the study; False when another runner took it over."""
+        stmt = (update(Study).where(Study.name == name, Study.owner == owner).values(heartbeat_at=now or utcnow())
+                .returning(Study.id).execution_options(synchronize_session=False))
+        return self._db.run(lambda s: s.execute(stmt).first() is not None)
+
+    def release_study(self, name: str, owner: str) -> None:
+        """`owner` stopped running the study: its heartbeat is cleared (the owner stays, as the last runner)."""
+        stmt = (update(Study).where(Study.name == name, Study.owner == owner).values(heartbeat_at=None)
+                .execution_options(synchronize_session=False))
+        self._db.run(lambda s: s.execute(stmt))
+
+    def live_leases(self, name: str, *, lease_timeout_s: float, now: datetime | None = None) -> int:
+        """How many of the study's candidates are RUNNING with a heartbeat newer than `lease_timeout_s`
+        (a worker is evaluating them now)."""
+
+        def fn(s: Session) -> int:
+            cutoff = (now or utcnow()) - timedelta(seconds=lease_timeout_s)
+            q = select(func.count()).where(Candidate.study_id == self._study(s, name).id, Candidate.state == RUNNING,
+                                           Candidate.heartbeat_at > cutoff)
+            return int(s.scalar(q) or 0)
+
+        return self._db.run(fn, readonly=True)
 
     def delete_study(self, name: str) -> None:
         """Delete a study and everything recorded for it (latency tables are shared; they stay)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -10,6 +10,9 @@ from quant.budget import Budget
 from quant.config import Bits, ConfigError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]+$"  # a NUL byte in a path reached the OS (a 500); newlines end up in logs
+MAX_SEED = 2**32 - 1  # numpy's generators take seeds below 2**32; larger ones failed in the background
+Item = Annotated[str, Field(min_length=1, max_length=100, pattern=NO_CONTROL_CHARS)]
 
 
 class StudyCreate(BaseModel):
@@ -18,21 +21,22 @@ class StudyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=NAME_PATTERN, description="Unique study name (letters, digits, _ . -).")
-    model: str = Field("builtin", min_length=1, max_length=4096,
+    model: str = Field("builtin", min_length=1, max_length=4096, pattern=NO_CONTROL_CHARS,
                        description="'builtin' or a diffusers pipeline directory under a configured model root.")
-    budget: list[str] = Field(default_factory=lambda: ["wbits=4.5"], min_length=1, max_length=8)
-    estimators: list[str] = Field(default_factory=lambda: ["gradient"], min_length=1, max_length=8)
-    solver: str = "ilp"
+    budget: list[Item] = Field(default_factory=lambda: ["wbits=4.5"], min_length=1, max_length=8,
+                               description="Limits like wbits=4.5 or size=0.3x, each a finite positive number.")
+    estimators: list[Item] = Field(default_factory=lambda: ["gradient"], min_length=1, max_length=8)
+    solver: str = Field("ilp", max_length=32)
     timestep_groups: int = Field(3, ge=1, le=1000)
     num_steps: int = Field(20, ge=1, le=1000)
     trials: int = Field(8, ge=1, le=1000)
-    bits: list[str] = Field(default_factory=lambda: ["W8A8", "W6A8", "W4A8", "W8A16", "W4A16"],
+    bits: list[Item] = Field(default_factory=lambda: ["W8A8", "W6A8", "W4A8", "W8A16", "W4A16"],
                             min_length=1, max_length=32)
     backend: str = Field("int8", pattern=r"^(int8|fake)$")
     eval_samples: int = Field(20, ge=1, le=10_000)
     calibration_samples: int = Field(10, ge=1, le=10_000)
-    seed: int = Field(0, ge=0)
-    baselines: list[str] = Field(default_factory=lambda: ["W8A8", "W4A8"], max_length=32)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    baselines: list[Item] = Field(default_factory=lambda: ["W8A8", "W4A8"], max_length=32)
     full_samples: int = Field(40, ge=1, le=10_000)
     patience: int = Field(8, ge=0, le=10_000)
 
@@ -40,7 +44,7 @@ class StudyCreate(BaseModel):
     @classmethod
     def _budget(cls, v: list[str]) -> list[str]:
         try:
-            Budget.parse(list(v))
+            Budget.parse(list(v))  # finite, positive, known metrics
         except (ConfigError, ValueError) as e:
             raise ValueError(str(e)) from None
         return v
@@ -75,6 +79,12 @@ class StudyCreate(BaseModel):
     def _groups(self) -> StudyCreate:
         if self.timestep_groups > self.num_steps:
             raise ValueError(f"timestep_groups must be between 1 and num_steps ({self.num_steps})")
+        from search.study import StudySpec
+
+        try:  # every rule of StudySpec, as a 422 with the body's errors
+            StudySpec(**self.spec_kwargs())
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
         return self
 
     def spec_kwargs(self) -> dict[str, Any]:
@@ -85,6 +95,7 @@ class StudyCreate(BaseModel):
 class StudyOut(BaseModel):
     name: str
     state: str
+    reason: str | None = Field(None, description="Why the study is FAILED (the error that stopped it).")
     spec: dict[str, Any]
     created_at: str
     updated_at: str

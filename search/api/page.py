@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import json
-import threading
 from functools import cache
 from html import escape
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
-OBJECTIVES = ("psnr_db", "wbits")
-SAMPLES_KIND = "samples"
-MAX_SAMPLES = 4
+from search.samples import OBJECTIVES, chosen_point, stored_samples
+
 ORIGIN_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 BIT_COLOURS = {2: "#d73027", 3: "#f46d43", 4: "#fdae61", 5: "#fee08b", 6: "#d9ef8b", 8: "#a6d96a", 16: "#1a9850"}
-_sample_lock = threading.Lock()
 
 
 @cache
@@ -26,14 +22,6 @@ def plotly_js() -> bytes | None:
         return resources.files("plotly").joinpath("package_data", "plotly.min.js").read_bytes()
     except (ModuleNotFoundError, FileNotFoundError):
         return None
-
-
-def chosen_point(study: Any) -> Any | None:
-    """The best-PSNR point of the (psnr_db, wbits) front, or None before any evaluation finished."""
-    if not study.storage.list_evaluations(study.name):
-        return None
-    front = study.pareto(OBJECTIVES)
-    return max(front, key=lambda p: p.metrics.get("psnr_db", float("-inf")), default=None)
 
 
 def _script_json(value: Any) -> str:
@@ -111,6 +99,15 @@ def _heatmap(study: Any, chosen: Any) -> str:
             f"<p>weight bits: {legend}</p>")
 
 
+def _samples(study: Any, chosen: Any) -> str:
+    """The stored sample grid (made by the study when it completes; this page never makes it)."""
+    if stored_samples(study, chosen) is None:
+        return ('<p id="no-samples">No sample grid is stored for this config yet: the study makes it when it '
+                "completes (or <code>POST /studies/{name}/samples</code>).</p>")
+    return (f'<img id="samples" alt="FP vs quantized samples" src="/studies/{escape(quote(study.name, safe=""))}'
+            '/samples.png">')
+
+
 def render_page(study: Any) -> str:
     """One self-contained HTML page for `study`; every study-derived string is escaped."""
     name = escape(study.name)
@@ -122,9 +119,8 @@ def render_page(study: Any) -> str:
                 f"<h2>Chosen config: candidate {chosen.candidate_id} ({escape(chosen.origin)}), "
                 f"{chosen.metrics.get('psnr_db', float('nan')):.2f} dB at {chosen.costs['wbits']:.3f} bits</h2>"
                 f"{_heatmap(study, chosen)}"
-                "<h2>Samples: full precision (top) vs chosen config (bottom)</h2>"
-                f'<img id="samples" alt="FP vs quantized samples" src="/studies/{escape(quote(study.name, safe=""))}'
-                f'/samples.png">{_validation(study)}')
+                f"<h2>Samples: full precision (top) vs chosen config (bottom)</h2>{_samples(study, chosen)}"
+                f"{_validation(study)}")
     spec = escape(json.dumps(study.spec.to_dict()))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>bitsearch: {name}</title>
@@ -134,48 +130,3 @@ img{{image-rendering:pixelated;width:min(100%,640px)}}</style></head>
 <body><h1>Study {name}</h1><p><code>{spec}</code></p>
 {body}
 </body></html>"""
-
-
-def samples_png(study: Any, chosen: Any) -> bytes:
-    """A PNG grid, full precision (top row) vs `chosen` (bottom row), generated once and then served
-    from the study's artifacts."""
-    with _sample_lock:
-        for art in study.storage.list_artifacts(study.name, kind=SAMPLES_KIND, candidate_id=chosen.candidate_id):
-            data: bytes | None = study.storage.get_artifact(art.id).data
-            if data is not None:
-                return data
-        from quant.apply import quantized
-        from quant.config import BitConfig
-
-        wl = study.workload
-        batch = wl.batch(min(MAX_SAMPLES, study.spec.eval_samples))
-        reference = wl.generate(batch).images
-        with quantized(wl.denoiser, BitConfig.from_dict(chosen.config), study.spec.backend,
-                       study.activation_ranges(progress=lambda _m: None)) as qm:
-            test = wl.generate(batch, on_step=qm.set_step).images
-        png = _grid_png([reference, test])
-        study.storage.put_artifact(study.name, SAMPLES_KIND, f"samples-{chosen.candidate_id}.png", data=png,
-                                   media_type="image/png", candidate_id=chosen.candidate_id)
-        return png
-
-
-def _grid_png(rows: list[Any], pad: int = 2) -> bytes:
-    """Images in [0, 1] of shape (B, C, H, W), one row per tensor, as a PNG."""
-    import numpy as np
-    from PIL import Image
-
-    arrays = []
-    for images in rows:
-        a = images.detach().float().clamp(0, 1).cpu().numpy()
-        if a.shape[1] == 1:
-            a = np.repeat(a, 3, axis=1)
-        arrays.append((a[:, :3].transpose(0, 2, 3, 1) * 255).round().astype(np.uint8))
-    n, h, w = arrays[0].shape[0], arrays[0].shape[1], arrays[0].shape[2]
-    canvas = np.full((len(arrays) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, dtype=np.uint8)
-    for r, a in enumerate(arrays):
-        for c in range(n):
-            y, x = pad + r * (h + pad), pad + c * (w + pad)
-            canvas[y:y + h, x:x + w] = a[c]
-    buf = io.BytesIO()
-    Image.fromarray(canvas).save(buf, format="PNG")
-    return buf.getvalue()

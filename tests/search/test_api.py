@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from search.api import MAX_BODY_BYTES, create_app
 from search.study import Study
 
-TOKEN = "t0ken-for-tests"
+TOKEN = "t0ken-for-tests-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TINY = {"num_steps": 8, "trials": 2, "eval_samples": 4, "calibration_samples": 2, "timestep_groups": 2,
         "baselines": ["W8A8"]}

@@ -4,6 +4,7 @@ upgrade command; `storage.upgrade` brings them to head; the migrations match the
 from __future__ import annotations
 
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,7 @@ def test_database_behind_head_names_the_upgrade_command(
     st = Storage(db_url)
     st.create_study("kept", {"version": 1})
     st.close()
+    shipped = head_revision()
     # a newer bitsearch: the shipped revisions plus one
     scripts = tmp_path / "migrations"
     shutil.copytree(migrate.SCRIPT_LOCATION, scripts, ignore=shutil.ignore_patterns("__pycache__"))
@@ -55,7 +57,7 @@ def test_database_behind_head_names_the_upgrade_command(
         Storage(db_url)
     assert f"run: bitsearch db upgrade --db {shown}" in str(err.value)
     assert "0099" in str(err.value)
-    assert upgrade(db_url) == (("0001",), ("0099",))
+    assert upgrade(db_url) == ((shipped,), ("0099",))
     st = Storage(db_url)
     assert st.get_study("kept").spec == {"version": 1}
     st.close()
@@ -106,3 +108,26 @@ def test_migrations_match_the_models(db_url: str) -> None:
         diff = [d for d in compare_metadata(ctx, Base.metadata)]
     engine.dispose()
     assert diff == [], "the models changed without a migration: add one under storage/migrations/versions"
+
+
+def test_0002_upgrades_a_0001_database_keeping_its_studies(db_url: str) -> None:
+    """A database written before studies had a failure reason and a runner (revision 0001) is refused
+    until upgraded; the upgrade keeps its studies, with no reason and no runner."""
+    assert upgrade(db_url, "0001") == ((), ("0001",))
+    engine = create_engine(db_url)
+    studies = Table("bitsearch_studies", MetaData(), autoload_with=engine)
+    assert "reason" not in studies.c
+    with engine.begin() as conn:
+        conn.execute(studies.insert().values(name="old", spec={"version": 1}, spec_version=1, state="FAILED",
+                                             created_at=datetime.now(timezone.utc),
+                                             updated_at=datetime.now(timezone.utc)))
+    engine.dispose()
+    with pytest.raises(SchemaVersionError, match="bitsearch db upgrade"):
+        Storage(db_url)
+    assert upgrade(db_url) == (("0001",), (head_revision(),))
+    st = Storage(db_url)
+    old = st.get_study("old")
+    assert (old.state.value, old.reason, old.owner, old.heartbeat_at) == ("FAILED", None, None, None)
+    st.set_study_state("old", "FAILED", reason="RuntimeError: boom")
+    assert st.get_study("old").reason == "RuntimeError: boom"
+    st.close()
