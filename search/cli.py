@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
@@ -36,12 +37,15 @@ def _expected_error(err: Exception) -> str | None:
     that cannot be used, a file that cannot be read or written); None for anything else: a bug, which
     keeps its traceback."""
     from quant.config import ConfigError
+    from solvers.problem import SolverError
     from storage.errors import StorageError
 
     if isinstance(err, typer.Exit | typer.Abort | typer.TyperException):  # usage errors, exits: typer's own
         return None
     if isinstance(err, ConfigError | StorageError):
         return str(err)
+    if isinstance(err, SolverError):  # no solution and no proof of infeasibility: say which solver and why
+        return f"solver failed: {err}"
     if isinstance(err, OSError):
         return f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
     from sqlalchemy.exc import OperationalError
@@ -82,10 +86,18 @@ app = typer.Typer(
 _QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "diffusers", "transformers", "ray", "accelerate", "optuna")
 _THIRD_PARTY = r"(torch|torchao|torchvision|diffusers|transformers|accelerate|huggingface_hub|safetensors|pulp|" \
                r"highspy|optuna|ray|numpy|scipy|matplotlib|PIL)(\.|$)"
+_QUIET_ENV = {"DIFFUSERS_VERBOSITY": "error", "TRANSFORMERS_VERBOSITY": "error",
+              "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
-def _quiet_third_party() -> None:
-    """Hide third-party warnings and log messages below ERROR (`--verbose` keeps them)."""
+def _quiet_third_party() -> Callable[[], None]:
+    """Hide third-party warnings, log messages below ERROR and loading bars (`--verbose` keeps them).
+    Returns what puts everything back, so a process that runs commands in-process (tests, a notebook
+    calling the app) keeps its own settings."""
+    saved_filters = warnings.catch_warnings()  # entered now, exited by restore()
+    saved_filters.__enter__()
+    saved_levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
+    saved_env = {var: os.environ.get(var) for var in _QUIET_ENV}
     warnings.filterwarnings("ignore", module=_THIRD_PARTY)
     # raised by libraries on behalf of their caller (stacklevel), so they are attributed to our modules
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -94,20 +106,37 @@ def _quiet_third_party() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     # diffusers and transformers reset their loggers' levels when first imported, from these variables
     # (which Ray workers inherit too); their weight-loading progress bars follow huggingface_hub's switch
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for var, value in _QUIET_ENV.items():
+        os.environ.setdefault(var, value)
+    bars = sys.modules.get("transformers.utils.logging")  # already imported: the variable came too late
+    bars_were_on = bars is not None and bars.is_progress_bar_enabled()
+    if bars is not None:
+        bars.disable_progress_bar()
+
+    def restore() -> None:
+        saved_filters.__exit__(None, None, None)
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)
+        for var, was in saved_env.items():
+            if was is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = was
+        if bars is not None and bars_were_on:
+            bars.enable_progress_bar()
+
+    return restore
 
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show third-party warnings and log messages "
                                           "(hidden by default).")] = False,
 ) -> None:
     """Mixed-precision quantization search for diffusion models."""
     if not verbose:
-        _quiet_third_party()
+        ctx.call_on_close(_quiet_third_party())
 
 
 @app.command()
@@ -477,6 +506,9 @@ def pareto(
         front = study.pareto(objs)
     except ConfigError as e:
         _fail(e)
+    if not front and not study.front_points():
+        _fail(f"study {name!r} has no evaluated candidate yet: nothing to rank (`bitsearch status {name}` "
+              "shows its progress)")
     rows = [{"candidate": p.candidate_id, "origin": p.origin, **{o: _value(p, o) for o in objs},
              "measured": p.measured} for p in front]
     if fmt == "json":
@@ -556,8 +588,6 @@ def export(
     typer.echo(f"candidate {chosen.candidate_id} ({chosen.origin}) written to {', '.join(written)}")
 
 
-db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
 @app.command()
 def delete(
     name: Annotated[str, typer.Argument(help="Study name.")],
@@ -615,6 +645,8 @@ def _delete_optuna_study(url: str, name: str) -> None:
         optuna.delete_study(study_name=optuna_study_name(name), storage=url)
 
 
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 
 
 @db_app.command("upgrade")
@@ -953,8 +985,8 @@ def serve(
     try:
         api = create_app(db, token, open_reads=open_reads, model_roots=roots,
                          executor=lambda: _executor(executor, workers, threads_per_worker, ray_address,
-                                                    heartbeat_timeout))
-    except StorageError as e:
+                                                    heartbeat_timeout), lease_timeout_s=heartbeat_timeout)
+    except (StorageError, ValueError) as e:  # ValueError: ConfigError, e.g. a token that is too short
         _fail(e)
     if token is None:
         typer.echo("note: no BITSEARCH_TOKEN: read-only server, every write is refused", err=True)
