@@ -27,11 +27,12 @@ from quant.backends import int8 as _int8  # noqa: F401
 from quant.backends.base import Backend, LayerKernel, Quantizable, RunLabel, get_backend
 from quant.calibrate import ActivationRanges
 from quant.config import HIGH_PRECISION, BitConfig, Bits, ConfigError, TimestepGroups
+from quant.errors import BitsearchError, UnsupportedBits
 from quant.layers import quantizable_modules
 from quant.quantizers import activation_scale
 
 
-class VerificationError(RuntimeError):
+class VerificationError(BitsearchError, RuntimeError):
     """The quantized model does not run what the config asked for."""
 
 
@@ -187,7 +188,7 @@ def apply(
             continue
         for b in set(plan):
             if not be.supports(b, kind, config.weight_group_size):
-                raise ConfigError(
+                raise UnsupportedBits(
                     f"backend {be.name!r} has no kernel for {b} on {kind} layer {name!r}; "
                     f"choose bits it supports or use backend 'fake' (simulated)"
                 )

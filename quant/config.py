@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from quant.errors import ConfigError  # re-exported: the long-standing import path
+
 HIGH_PRECISION = 16
 """16 bits means: keep this operand in high precision (bf16/fp32), unquantized."""
 
@@ -29,10 +31,6 @@ FORMAT_VERSION = 1
 
 DEFAULT_KEY = "_default"
 REGEX_PREFIX = "re:"
-
-
-class ConfigError(ValueError):
-    """A configuration is invalid; the message names the problem and the fix."""
 
 
 @dataclass(frozen=True, order=True)

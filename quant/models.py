@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import BitsearchError
 from .layers import layer_kind
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ DENOISER_SUBFOLDERS = ("unet", "transformer")
 _WEIGHTS_STEM = "diffusion_pytorch_model"
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(BitsearchError, ValueError):
     """The path or name does not lead to a loadable diffusers denoiser; the message says what was expected."""
 
 

@@ -1,53 +1,91 @@
-"""One registry of named, keyword-configured implementations (solvers, executors, ...).
+"""The one registry of named, keyword-configured implementations, used by every extension point:
+backends, workloads, estimators, solvers, executors, export and import formats.
 
-Unknown names and unknown keyword arguments are rejected with the list of valid ones, as DESIGN.md
-asks of every extension point. The built-in implementations register themselves when `package`
-is imported, so the registry imports it lazily on first lookup.
+    BACKENDS: Registry[Backend] = Registry("backend", "quant.backends")
+
+    @BACKENDS.register("int8")       # one decorator style: the name is given here, and set as `cls.name`
+    class Int8Backend(Backend): ...
+
+    BACKENDS.create("int8")          # options checked against the constructor's keyword parameters
+
+An entry is a class or a plain function (export formats); `T` is what calling it produces. Unknown
+names and unknown keyword options raise `quant.errors.UnknownNameError` with the list of valid ones,
+as DESIGN.md asks of every extension point. The built-in implementations register themselves when
+their modules are imported, so the registry imports `modules` lazily, on first lookup: a registry can
+be declared in a light module (the CLI starts fast) and the heavy ones load only when needed.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
+from quant.errors import UnknownNameError
+
 T = TypeVar("T")
-C = TypeVar("C", bound=type)
+E = TypeVar("E", bound=Callable[..., Any])
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, package: str) -> None:
-        self.kind, self.package = kind, package  # e.g. "solver", "solvers"
-        self._classes: dict[str, type[T]] = {}
+    def __init__(self, kind: str, *modules: str) -> None:
+        self.kind = kind  # e.g. "solver", "export format": used in every message
+        self.modules = modules  # imported on first lookup: importing them registers the built-ins
+        self._entries: dict[str, Callable[..., T]] = {}
 
-    def register(self, name: str) -> Callable[[C], C]:
-        """Class decorator: `@registry.register("ilp")` sets `cls.name` and records the class."""
+    def register(self, name: str) -> Callable[[E], E]:
+        """Decorator: `@registry.register("ilp")` records the class (and sets `cls.name`) or function."""
 
-        def deco(cls: C) -> C:
-            cls.name = name  # type: ignore[attr-defined]  # every registered class declares `name`
-            self._classes[name] = cls
-            return cls
+        def deco(entry: E) -> E:
+            self.add(name, entry)
+            return entry
 
         return deco
 
+    def add(self, name: str, entry: Callable[..., T]) -> None:
+        """Record `entry` under `name`; the same function may serve several names (json and yaml)."""
+        if isinstance(entry, type):
+            entry.name = name  # type: ignore[attr-defined]  # every registered class declares `name`
+        self._entries[name] = entry
+
     def names(self) -> list[str]:
-        importlib.import_module(self.package)
-        return sorted(self._classes)
+        for module in self.modules:
+            importlib.import_module(module)
+        return sorted(self._entries)
 
-    def lookup(self, name: str) -> type[T]:
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
+
+    def lookup(self, name: str) -> Callable[..., T]:
         names = self.names()
-        if name not in self._classes:
-            raise ValueError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(names)}")
-        return self._classes[name]
+        if name not in self._entries:
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(names)}")
+        return self._entries[name]
 
-    def params(self, name: str) -> list[str]:
-        """The keyword arguments implementation `name` accepts."""
-        return [p for p in inspect.signature(self.lookup(name).__init__).parameters if p != "self"]
+    def params(self, name: str, skip: int = 0) -> list[str] | None:
+        """The keyword options entry `name` accepts, after its first `skip` positional parameters (a
+        function's subject, a workload's path); None when it takes any (`**kwargs`)."""
+        found = inspect.signature(self.lookup(name)).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in found):
+            return None
+        return [p.name for p in list(found)[skip:] if p.kind is not inspect.Parameter.VAR_POSITIONAL]
 
-    def create(self, name: str, **kwargs: Any) -> T:
-        params = self.params(name)
-        unknown = sorted(set(kwargs) - set(params))
+    def check(self, name: str, options: Iterable[str], skip: int = 0, reserved: Iterable[str] = ()) -> None:
+        """Reject options entry `name` does not take, listing those it does. `reserved` options are
+        passed by the caller, never by the user (e.g. an exporter's `layers`): they are not offered."""
+        params, reserved = self.params(name, skip), set(reserved)
+        if params is None:
+            return
+        unknown = sorted(set(options) - set(params) | (set(options) & reserved))
         if unknown:
-            raise TypeError(f"{self.kind} {name!r} takes no argument(s) {unknown}; valid: {', '.join(params) or 'none'}")
-        return self._classes[name](**kwargs)
+            valid = [p for p in params if p not in reserved]
+            raise UnknownNameError(
+                f"{self.kind} {name!r} has no option {', '.join(map(repr, unknown))}; "
+                f"valid options: {', '.join(valid) or 'none'}"
+            )
+
+    def create(self, name: str, *args: Any, **options: Any) -> T:
+        """Entry `name` called with `args` and the checked `options`."""
+        self.check(name, options, skip=len(args))
+        return self.lookup(name)(*args, **options)

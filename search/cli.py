@@ -33,19 +33,18 @@ def _fail(err: BaseException | str) -> NoReturn:
 
 
 def _expected_error(err: Exception) -> str | None:
-    """The one line to show for an error the user's input or machine causes (a config error, a --db
-    that cannot be used, a file that cannot be read or written); None for anything else: a bug, which
-    keeps its traceback."""
-    from quant.config import ConfigError
+    """The one line to show for an error the user's input or machine causes (any of our errors: they
+    all derive from `quant.errors.BitsearchError`; a file that cannot be read or written); None for
+    anything else: a bug, which keeps its traceback."""
+    from quant.errors import BitsearchError
     from solvers.problem import SolverError
-    from storage.errors import StorageError
 
     if isinstance(err, typer.Exit | typer.Abort | typer.TyperException):  # usage errors, exits: typer's own
         return None
-    if isinstance(err, ConfigError | StorageError):
-        return str(err)
     if isinstance(err, SolverError):  # no solution and no proof of infeasibility: say which solver and why
         return f"solver failed: {err}"
+    if isinstance(err, BitsearchError):
+        return str(err)
     if isinstance(err, OSError):
         return f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
     from sqlalchemy.exc import OperationalError
@@ -335,9 +334,8 @@ def launch(
 
         bitsearch launch --name tuned --solver optuna --trials 24   # then: optuna-dashboard sqlite:///bitsearch.db
     """
-    from quant.config import ConfigError
+    from quant.errors import BitsearchError
     from search.study import Study, StudySpec
-    from storage import StorageError
 
     try:
         spec = StudySpec(model=model, budget=tuple(budget or ["wbits=4.5"]),
@@ -346,7 +344,7 @@ def launch(
                          full_samples=full_samples, patience=patience, backend=backend)
         runner = _executor(executor, workers, threads_per_worker, ray_address, heartbeat_timeout)
         study = Study.create(name, spec, db)
-    except (ConfigError, ValueError, StorageError) as e:
+    except (BitsearchError, ValueError) as e:  # ValueError: solvers' own option checks (not ours yet)
         _fail(e)
     _run(study, runner, threads_per_worker, max_seconds)
 
@@ -842,13 +840,12 @@ def import_(
 
         bitsearch import demo mixdq_w.yaml --format mixdq --activations mixdq_a.yaml
     """
-    from quant.config import ConfigError
+    from quant.errors import BitsearchError
     from search.exports.importing import import_candidates
-    from storage import StorageError
 
     try:
         added = import_candidates(_storage(db), name, files, fmt, activations, protected)
-    except (ConfigError, StorageError, OSError) as e:
+    except (BitsearchError, OSError) as e:
         _fail(e)
     for (cid, created), f in zip(added, files, strict=True):
         typer.echo(f"{f}: candidate {cid} " + ("added" if created else "already in the study"))
@@ -886,13 +883,13 @@ def convert(
     from pathlib import Path
 
     from quant.config import ConfigError
-    from search.exports import EXPORTERS, IMPORT_FORMATS, export, import_config
+    from search.exports import FORMATS, IMPORT_FORMATS, export, import_config
     from search.exports._common import group_summary, mean_weight_bits
 
     if from_fmt not in IMPORT_FORMATS:
         _fail(f"cannot read format {from_fmt!r}; valid: {', '.join(IMPORT_FORMATS)}")
-    if to_fmt is not None and to_fmt not in EXPORTERS:
-        _fail(f"unknown --to format {to_fmt!r}; valid: {', '.join(EXPORTERS)}")
+    if to_fmt is not None and to_fmt not in FORMATS:
+        _fail(f"unknown --to format {to_fmt!r}; valid: {', '.join(FORMATS)}")
     if (to_fmt is None) != (output is None):
         _fail("give --to FORMAT and -o FILE together")
     if activations is not None and from_fmt not in ("mixdq", "vidit-q"):
@@ -978,15 +975,15 @@ def serve(
             _fail(f"--model-root {root}: not a directory")
     import uvicorn
 
+    from quant.errors import BitsearchError
     from search.api import create_app
-    from storage import StorageError
 
     _executor(executor, workers, threads_per_worker, ray_address, heartbeat_timeout)  # bad options fail now
     try:
         api = create_app(db, token, open_reads=open_reads, model_roots=roots,
                          executor=lambda: _executor(executor, workers, threads_per_worker, ray_address,
                                                     heartbeat_timeout), lease_timeout_s=heartbeat_timeout)
-    except (StorageError, ValueError) as e:  # ValueError: ConfigError, e.g. a token that is too short
+    except BitsearchError as e:  # e.g. a token that is too short, a --db that cannot be opened
         _fail(e)
     if token is None:
         typer.echo("note: no BITSEARCH_TOKEN: read-only server, every write is refused", err=True)

@@ -1,7 +1,7 @@
 """The `Estimator` extension point: predicted degradation per (layer, timestep group, bit pair).
 
 Contract of `Estimator.estimate(workload, layers, bits, groups) -> Scores` (every implementation is
-run through `tests/sensitivity/test_conformance.py`, like optuna's `testing/pytest_samplers.py`):
+run through `sensitivity.testing.EstimatorSuite`, like optuna's `testing/pytest_samplers.py`):
 
 - `layers`: the FQNs (or `quant.layers.Layer`s) to score; None = every quantizable layer of
   `workload.denoiser`. `bits`: the bit pairs to score (W16A16 is skipped: it is 0 by definition).
@@ -22,21 +22,22 @@ rejects unknown names and options with the list of valid ones.
 
 from __future__ import annotations
 
-import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from quant.config import FULL_PRECISION, Bits, TimestepGroups
+from quant.errors import BitsearchError, UnknownNameError
 from quant.layers import Layer
+from quant.registry import Registry
 from quant.scores import METRICS, Metric, ScoreKey, Scores
 
 if TYPE_CHECKING:
     from workloads.base import Workload
 
 
-class EstimatorError(ValueError):
+class EstimatorError(BitsearchError, ValueError):
     """An estimator cannot run as asked, or produced a non-finite estimate; the message says which."""
 
 
@@ -158,51 +159,24 @@ def weighted_sum(scores: Mapping[str, Scores], weights: Mapping[str, Mapping[str
 
 
 # ---- registry ------------------------------------------------------------------------------------
-_REGISTRY: dict[str, type[Estimator]] = {}
-
-
-def register(cls: type[Estimator]) -> type[Estimator]:
-    _REGISTRY[cls.name] = cls
-    return cls
+# Importing `sensitivity` imports every built-in estimator, registering it.
+ESTIMATORS: Registry[Estimator] = Registry("estimator", "sensitivity")
+register = ESTIMATORS.register
 
 
 def estimator_names() -> list[str]:
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return ESTIMATORS.names()
 
 
 def estimator_options(name: str) -> list[str]:
-    """The keyword options `get_estimator(name, ...)` accepts."""
-    cls = _lookup(name)
-    names: list[str] = []
-    for klass in cls.__mro__:
-        if klass is object or "__init__" not in vars(klass):
-            continue
-        for p in inspect.signature(vars(klass)["__init__"]).parameters.values():
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in names:
-                names.append(p.name)
-    return names
+    """The keyword options `get_estimator(name, ...)` accepts (each estimator's `__init__` lists them
+    all, its base class's included, so its signature is the whole list)."""
+    return ESTIMATORS.params(name) or []
 
 
 def get_estimator(name: str, **options: Any) -> Estimator:
     """The estimator registered as `name`, built with `options` (unknown ones are rejected)."""
-    cls = _lookup(name)
-    valid = estimator_options(name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise EstimatorError(f"estimator {name!r} has no option {', '.join(unknown)}; valid options: {', '.join(valid)}")
     metric = options.get("metric")
     if metric is not None and metric not in METRICS:
-        raise EstimatorError(f"metric {metric!r} unknown; valid: {', '.join(METRICS)}")
-    return cls(**options)
-
-
-def _lookup(name: str) -> type[Estimator]:
-    _load_builtins()
-    if name not in _REGISTRY:
-        raise EstimatorError(f"unknown estimator {name!r}; valid: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
-
-
-def _load_builtins() -> None:
-    import sensitivity  # noqa: F401  (its __init__ imports every built-in estimator, registering it)
+        raise UnknownNameError(f"metric {metric!r} unknown; valid: {', '.join(METRICS)}")
+    return ESTIMATORS.create(name, **options)

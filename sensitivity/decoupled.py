@@ -34,10 +34,8 @@ if TYPE_CHECKING:
 CONTENT_LAYERS = re.compile(r".*(attn2|\.ff\.|\.ff$).*")
 
 
-@register
+@register("decoupled")
 class DecoupledEstimator(Estimator):
-    name = "decoupled"
-
     def __init__(self, *, seed: int = 0, progress: bool = True, metric: Metric = "both", n_images: int = 4,
                  backend: str = "int8", content_weight: float = 0.75) -> None:
         super().__init__(seed=seed, progress=progress)

@@ -23,10 +23,8 @@ if TYPE_CHECKING:
     from workloads.base import Workload
 
 
-@register
+@register("gradient")
 class GradientEstimator(TrajectoryEstimator):
-    name = "gradient"
-
     def __init__(self, *, seed: int = 0, progress: bool = True, n_images: int = 4, probes: int = 1,
                  gain_noise: float = 0.1, trajectory: bool = True) -> None:
         super().__init__(seed=seed, progress=progress, n_images=n_images, gain_noise=gain_noise,

@@ -25,10 +25,8 @@ if TYPE_CHECKING:
     from workloads.base import Workload
 
 
-@register
+@register("hessian")
 class HessianEstimator(TrajectoryEstimator):
-    name = "hessian"
-
     def __init__(self, *, seed: int = 0, progress: bool = True, n_images: int = 4, min_probes: int = 2,
                  max_probes: int = 8, rel_tol: float = 0.2, gain_noise: float = 0.1,
                  trajectory: bool = True) -> None:

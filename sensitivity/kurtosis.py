@@ -47,10 +47,8 @@ def predicted_nsr(bits: int, kurt: float, n: int) -> float:
     return 2 * math.log(max(n, 2)) * kurt / (36 * qmax(bits) ** 2)
 
 
-@register
+@register("kurtosis")
 class KurtosisEstimator(TrajectoryEstimator):
-    name = "kurtosis"
-
     def estimate(self, workload: Workload, layers: LayersArg, bits: BitsArg, groups: GroupsArg) -> Scores:
         names, pairs, grp, prep = self._prepare(workload, layers, bits, groups)
         G = len(grp)

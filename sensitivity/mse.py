@@ -25,10 +25,8 @@ if TYPE_CHECKING:
     from workloads.base import Workload
 
 
-@register
+@register("mse")
 class MSEEstimator(TrajectoryEstimator):
-    name = "mse"
-
     def estimate(self, workload: Workload, layers: LayersArg, bits: BitsArg, groups: GroupsArg) -> Scores:
         names, pairs, grp, prep = self._prepare(workload, layers, bits, groups)
         qweights: dict[tuple[str, int], Tensor] = {}

@@ -30,6 +30,7 @@ from quant.config import (
     TimestepGroups,
 )
 from quant.cost import Costs, LatencyTable, costs, full_precision_costs, packed_weight_bytes
+from quant.errors import BitsearchError
 from quant.layers import Layer
 from quant.scores import Scores
 
@@ -50,7 +51,7 @@ class InfeasibleBudget(ConfigError):
         self.smallest = smallest  # same units
 
 
-class SolverError(RuntimeError):
+class SolverError(BitsearchError, RuntimeError):
     """A solver stopped with neither a solution nor a proof of infeasibility (its own error, a status
     such as HiGHS's "Not Set", a limit). Not an InfeasibleBudget: nothing is known about the budget."""
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from quant.errors import BitsearchError  # the one leaf module of ours storage may import
 
-class StorageError(Exception):
+
+class StorageError(BitsearchError):
     """Base class of every error raised by `storage`."""
 
 

@@ -15,7 +15,6 @@ needs both (MixDQ):
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from quant.errors import BitsearchError
+from quant.registry import Registry
+
 OnStep = Callable[[int], None]
 
 # Seeds of split s start at base_seed + SPLIT_SEED_BASES[s]: calibration and eval never share a seed
@@ -33,7 +35,7 @@ SPLIT_SEED_STRIDE = 1_000_000
 SPLIT_SEED_BASES = {"eval": 0, "calibration": SPLIT_SEED_STRIDE}
 
 
-class WorkloadError(ValueError):
+class WorkloadError(BitsearchError, ValueError):
     """A workload cannot be built or run as asked; the one-line message says what was expected."""
 
 
@@ -111,34 +113,28 @@ class Workload(ABC):
         return run
 
 
-_REGISTRY: dict[str, Callable[..., Workload]] = {}
-
-
-def register(cls: type[Workload]) -> type[Workload]:
-    _REGISTRY[cls.name] = cls
-    return cls
+# The built-in workloads' modules are named here, not imported: diffusers takes seconds to import.
+WORKLOADS: Registry[Workload] = Registry("workload", "workloads.builtin.workload", "workloads.diffusers_workload")
+register = WORKLOADS.register
 
 
 def workload_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return WORKLOADS.names()
 
 
 def load_workload(name_or_path: str, **options: Any) -> Workload:
-    """`builtin` (the shipped model) or the path of a local diffusers pipeline directory."""
-    factory, args = _factory(name_or_path)
-    _check_options(factory, args, options)
-    return factory(*args, **options)
+    """A registered workload (`builtin`: the shipped model) or the path of a local diffusers pipeline
+    directory; unknown options are rejected with the valid ones."""
+    name, args = _resolve(name_or_path)
+    return WORKLOADS.create(name, *args, **options)
 
 
-def _factory(name_or_path: str) -> tuple[Callable[..., Workload], tuple[str, ...]]:
+def _resolve(name_or_path: str) -> tuple[str, tuple[str, ...]]:
     """The registered workload `name_or_path` names, and its positional arguments (nothing is loaded)."""
-    import workloads.builtin.workload  # noqa: F401  (registration)
-    import workloads.diffusers_workload  # noqa: F401
-
-    if name_or_path in _REGISTRY:
-        return _REGISTRY[name_or_path], ()
+    if name_or_path in WORKLOADS:
+        return name_or_path, ()
     if Path(name_or_path).exists():
-        return _REGISTRY["diffusers"], (name_or_path,)
+        return "diffusers", (name_or_path,)
     raise WorkloadError(
         f"{name_or_path}: neither a workload name ({', '.join(workload_names())}) nor an existing path; "
         "expected a name or a local diffusers pipeline directory (with model_index.json)"
@@ -158,7 +154,7 @@ def check_samples(model: str, **counts: int) -> None:
     if unknown:
         raise TypeError(f"unknown sample count {unknown[0]!r}; valid: {', '.join(SAMPLE_COUNTS)}")
     try:
-        factory, _ = _factory(model)
+        factory = WORKLOADS.lookup(_resolve(model)[0])
     except WorkloadError:
         return
     needs: dict[str, dict[str, int]] = getattr(factory, "min_images", {})
@@ -169,18 +165,6 @@ def check_samples(model: str, **counts: int) -> None:
             if n < least:
                 raise WorkloadError(f"{key}={n} is too few for workload {getattr(factory, 'name', model)!r}: "
                                     f"its {metric} metric needs at least {least} images")
-
-
-def _check_options(factory: Callable[..., Workload], args: tuple[str, ...], options: dict[str, Any]) -> None:
-    """Reject unknown keyword options with the list of valid ones (not Python's bare TypeError)."""
-    params = inspect.signature(factory).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    valid = [n for n in list(params)[len(args):] if params[n].kind is not inspect.Parameter.VAR_POSITIONAL]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        name = getattr(factory, "name", "workload")
-        raise WorkloadError(f"workload {name!r} has no option {', '.join(unknown)}; valid options: {', '.join(valid)}")
 
 
 def prompts_seeds(prompts: Sequence[str], n: int, base_seed: int, offset: int = 0) -> Batch:

@@ -52,7 +52,7 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 _EXPECTED = "expected a local diffusers pipeline directory (with model_index.json)"
 
 
-@register
+@register("diffusers")
 class DiffusersWorkload(Workload):
     """A local diffusers text-to-image pipeline; the denoiser (`unet` or `transformer`) gets quantized.
 
@@ -66,7 +66,6 @@ class DiffusersWorkload(Workload):
       the saved scheduler's config (e.g. "DDIMScheduler" for a pipeline saved with PNDM).
     """
 
-    name = "diffusers"
 
     def __init__(
         self,

@@ -3,7 +3,7 @@
 A backend turns a Linear/Conv2d module into `LayerKernel`s, one per bit pair the config asks
 for; `quant.apply` wires them into the model and switches between them per timestep group.
 
-Contract for implementations (checked by tests/quant/test_backends.py for every registered name):
+Contract for implementations (checked by `quant.backends.testing` for every registered name):
 - `supports(bits, kind, group_size)` is exact: `kernels` succeeds for every supported pair and is
   never asked for another.
 - Each kernel's `label` says how it REALLY runs: `int8-kernel` (integer GEMM/conv on int8 codes),
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from quant.config import Bits
 from quant.layers import LayerKind
+from quant.registry import Registry
 
 Quantizable = nn.Linear | nn.Conv2d
 """The module types a backend quantizes (the same set as `quant.layers.quantizable_modules`)."""
@@ -41,10 +42,6 @@ class LayerKernel:
     label: RunLabel
     run: Callable[[Tensor, float | None], Tensor]
     held: list[Tensor] = field(default_factory=list)
-
-
-class UnsupportedBits(ValueError):
-    """The backend has no kernel for this bit pair on this layer kind."""
 
 
 class Backend(ABC):
@@ -61,24 +58,17 @@ class Backend(ABC):
         """One kernel per requested pair, sharing prepared weights between pairs."""
 
 
-_REGISTRY: dict[str, Callable[[], Backend]] = {}
-
-
-def register(cls: type[Backend]) -> type[Backend]:
-    _REGISTRY[cls.name] = cls
-    return cls
+BACKENDS: Registry[Backend] = Registry("backend", "quant.backends")
+register = BACKENDS.register
 
 
 def backend_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return BACKENDS.names()
 
 
 def get_backend(name: str | Backend) -> Backend:
-    if isinstance(name, Backend):
-        return name
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(backend_names())}")
-    return _REGISTRY[name]()
+    """The backend registered as `name` (an instance is passed through)."""
+    return name if isinstance(name, Backend) else BACKENDS.create(name)
 
 
 def float_forward(module: Quantizable, x: Tensor, weight: Tensor) -> Tensor:

@@ -14,9 +14,8 @@ from quant.layers import LayerKind
 from quant.quantizers import fake_quantize_activation, quantize_weight
 
 
-@register
+@register("fake")
 class FakeBackend(Backend):
-    name = "fake"
 
     def supports(self, bits: Bits, kind: LayerKind, group_size: int | None = None) -> bool:
         return True

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from quant.backends.base import Backend, LayerKernel, Quantizable, float_forward, float_kernel, register
 from quant.config import HIGH_PRECISION, Bits
+from quant.errors import UnsupportedBits
 from quant.layers import LayerKind
 from quant.quantizers import ACT_ZERO_POINT, QuantizedWeight, activation_codes_u8, quantize_weight
 
@@ -30,10 +31,8 @@ _aten: Any = torch.ops.aten
 _INT4_GROUP_SIZES = (256, 128, 64, 32)  # what _weight_int4pack_mm_for_cpu accepts
 
 
-@register
+@register("int8")
 class Int8Backend(Backend):
-    name = "int8"
-
     def supports(self, bits: Bits, kind: LayerKind, group_size: int | None = None) -> bool:
         if bits.is_full_precision:
             return True
@@ -46,7 +45,7 @@ class Int8Backend(Backend):
     ) -> dict[Bits, LayerKernel]:
         bad = [b for b in bits if not self.supports(b, kind, group_size)]
         if bad:
-            raise ValueError(f"int8 backend cannot run {bad[0]} on a {kind} layer (group_size={group_size})")
+            raise UnsupportedBits(f"int8 backend cannot run {bad[0]} on a {kind} layer (group_size={group_size})")
         codes = {b.w: quantize_weight(module.weight, b.w) for b in bits if b.w != HIGH_PRECISION}
         prepacked: dict[int, Tensor] = {}
         out: dict[Bits, LayerKernel] = {}

@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from quant.config import BitConfig, ConfigError
+from quant.errors import BitsearchError
 from search.api.models import CandidateOut, FrontPointOut, StudyCreate, StudyDetail, StudyOut
 from search.executors.base import Executor, heartbeat_interval, worker_id
 from storage import CandidateState, Origin, Storage, StorageError, StudyInfo, StudyState
@@ -193,7 +194,7 @@ def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
                     study = _study(storage, info.name, read_only=False)
                     if not storage.acquire_study(info.name, me, previous=info.owner):
                         continue  # another server adopted it first
-                except (ConfigError, StorageError) as e:
+                except BitsearchError as e:
                     log.warning("not resuming study %s: %s", info.name, e)
                     continue
                 log.info("resuming study %s: its runner %s is gone", info.name, info.owner)
@@ -220,17 +221,12 @@ def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.state.storage, app.state.runs = storage, runs
 
-    @app.exception_handler(StudyNotFoundError)
-    async def _not_found(_r: Request, e: StudyNotFoundError) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, status_code=404)
-
-    @app.exception_handler(ConfigError)
-    async def _config(_r: Request, e: ConfigError) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, status_code=422)
-
-    @app.exception_handler(_NeedsModel)
-    async def _needs_model(_r: Request, e: _NeedsModel) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, status_code=409)
+    @app.exception_handler(BitsearchError)
+    async def _ours(_r: Request, e: BitsearchError) -> JSONResponse:
+        status = _status(e)
+        if status is None:  # a solver, storage or verification failure: a server error, as before
+            raise e
+        return JSONResponse({"detail": str(e)}, status_code=status)
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -253,7 +249,7 @@ def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
             study = Study.create(body.name, spec, db_url)
         except DuplicateStudyError as e:
             raise HTTPException(409, str(e)) from None
-        except (ConfigError, ValueError, StorageError, OSError) as e:
+        except (BitsearchError, OSError) as e:  # anything of ours that made the study impossible: 422
             raise HTTPException(422, str(e)) from None
         if run_studies:
             with runs_lock:
@@ -426,8 +422,19 @@ def _check_model(model: str, roots: Sequence[Path]) -> str:
     return model if model == BUILTIN_MODEL else str(Path(model).resolve())
 
 
-class _NeedsModel(Exception):
+class _NeedsModel(BitsearchError):
     """A read asked for something only the model can compute (reads never load it): 409."""
+
+
+def _status(e: BitsearchError) -> int | None:
+    """The HTTP status of one of our errors, by kind; None for a server-side failure (500)."""
+    if isinstance(e, LookupError):  # StudyNotFoundError, CandidateNotFoundError
+        return 404
+    if isinstance(e, DuplicateStudyError | _NeedsModel):
+        return 409
+    if isinstance(e, ValueError):  # ConfigError (UnknownNameError ...), WorkloadError, ModelLoadError, ...
+        return 422
+    return None
 
 
 class _NoModel:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from quant.errors import ConfigError
 from quant.registry import Registry
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ def executor_names() -> list[str]:
 
 def executor_params(name: str) -> list[str]:
     """The keyword arguments executor `name` accepts."""
-    return _EXECUTORS.params(name)
+    return _EXECUTORS.params(name) or []
 
 
 def get_executor(name: str, **kwargs: Any) -> Executor:
@@ -135,7 +136,7 @@ def pin_threads(n: int) -> None:
     every core) ran 50x slower on a 2-core machine, so each worker gets its own share. The env vars
     reach OpenMP only if set before it initialises (Ray actors get them in their runtime env too)."""
     if n < 1:
-        raise ValueError(f"threads per worker must be >= 1, got {n}")
+        raise ConfigError(f"threads per worker must be >= 1, got {n}")
     for var in THREAD_VARS:
         os.environ[var] = str(n)
     import torch

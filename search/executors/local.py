@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from quant.errors import ConfigError
 from search.executors.base import (
     Evaluator,
     Executor,
@@ -36,7 +37,7 @@ class LocalExecutor(Executor):
     def __init__(self, threads_per_worker: int | None = None, lease_timeout_s: float = 60.0,
                  max_attempts: int = 3) -> None:
         if lease_timeout_s <= 0 or max_attempts < 1:
-            raise ValueError("lease_timeout_s must be > 0 and max_attempts >= 1")
+            raise ConfigError("lease_timeout_s must be > 0 and max_attempts >= 1")
         self.threads_per_worker, self.lease_timeout_s, self.max_attempts = threads_per_worker, lease_timeout_s, max_attempts
 
     def run(self, study: str, storage: Storage, evaluator: Evaluator, *, progress: Progress = _quiet,

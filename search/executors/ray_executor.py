@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from quant.errors import ConfigError
 from search.executors.base import (
     THREAD_VARS,
     Evaluator,
@@ -78,9 +79,9 @@ class RayExecutor(Executor):
                  num_cpus: int | None = None, lease_timeout_s: float = 60.0, max_attempts: int = 3,
                  max_restarts: int | None = None) -> None:
         if workers < 1 or threads_per_worker < 1:
-            raise ValueError("workers and threads_per_worker must be >= 1")
+            raise ConfigError("workers and threads_per_worker must be >= 1")
         if lease_timeout_s <= 0 or max_attempts < 1:
-            raise ValueError("lease_timeout_s must be > 0 and max_attempts >= 1")
+            raise ConfigError("lease_timeout_s must be > 0 and max_attempts >= 1")
         self.workers, self.threads_per_worker, self.address, self.num_cpus = workers, threads_per_worker, address, num_cpus
         self.lease_timeout_s, self.max_attempts = lease_timeout_s, max_attempts
         self.max_restarts = 3 * workers if max_restarts is None else max_restarts

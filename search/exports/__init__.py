@@ -23,12 +23,13 @@ Applying an exported file to a diffusers pipeline: `search.exports.apply.apply_e
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from quant.config import BitConfig, ConfigError, TimestepGroups
-from search.exports import (
+from quant.config import BitConfig, TimestepGroups
+from quant.errors import UnknownNameError
+from quant.registry import Registry
+from search.exports import (  # noqa: F401  (each format module registers its functions on import)
     diffusion_policy,
     mixdq,
     modelopt_cfg,
@@ -37,39 +38,16 @@ from search.exports import (
     torchao_snippet,
     vidit_q,
 )
-from search.exports._common import Layers, layer_kinds
+from search.exports._common import EXPORTERS, IMPORTERS, Layers, layer_kinds
 
-Exporter = Callable[..., "str | dict[str, Any]"]
-Importer = Callable[..., BitConfig]
-
-EXPORTERS: dict[str, Exporter] = {
-    "json": native.export_json,
-    "yaml": native.export_yaml,
-    "mixdq": mixdq.export,
-    "torchao": torchao_snippet.export,
-    "modelopt": modelopt_cfg.export,
-    "step-policy": step_policy.export,
-    "diffusion-step-policy": diffusion_policy.export,
-    "vidit-q": vidit_q.export,
-}
-
-IMPORTERS: dict[str, Importer] = {
-    "json": native.import_text,
-    "yaml": native.import_text,
-    "mixdq": mixdq.import_config,
-    "step-policy": step_policy.import_config,
-    "vidit-q": vidit_q.import_config,
-}
-
-FORMATS = tuple(EXPORTERS)
-IMPORT_FORMATS = tuple(IMPORTERS)
+FORMATS = tuple(EXPORTERS.names())
+IMPORT_FORMATS = tuple(IMPORTERS.names())
 
 
 def export(config: BitConfig, fmt: str, layers: Layers = None, **options: Any) -> str | dict[str, Any]:
     """`config` in format `fmt`; `options` are the format's own (e.g. `group=` for mixdq/torchao/modelopt)."""
-    fn = _lookup(EXPORTERS, fmt, "export")
-    kwargs = _options(fn, fmt, options, {"layers": layers})
-    return fn(config, **kwargs)
+    fn = EXPORTERS.lookup(fmt)
+    return fn(config, **_options(EXPORTERS, fmt, options, {"layers": layers}))
 
 
 def import_config(text: str | Mapping[str, Any], fmt: str, *, groups: TimestepGroups | None = None,
@@ -78,28 +56,22 @@ def import_config(text: str | Mapping[str, Any], fmt: str, *, groups: TimestepGr
 
     `groups` / `num_steps` give timestep groups to formats that have none (mixdq); `options` are the
     format's own (mixdq, vidit-q: `activations=` text of the activations file; mixdq: `protected=`)."""
-    fn = _lookup(IMPORTERS, fmt, "import")
+    try:
+        fn = IMPORTERS.lookup(fmt)
+    except UnknownNameError as e:
+        one_way = f" ({fmt} is a one-way export)" if fmt in FORMATS else ""
+        raise UnknownNameError(f"{e}{one_way}") from None
     common = {"groups": groups, "num_steps": num_steps, "layers": layers}
-    config = fn(text, **_options(fn, fmt, options, common))
+    config = fn(text, **_options(IMPORTERS, fmt, options, common))
     kinds = layer_kinds(layers)
     if kinds is not None:
         config.resolve(kinds)
     return config
 
 
-def _lookup(table: Mapping[str, Any], fmt: str, what: str) -> Any:
-    if fmt not in table:
-        one_way = f" ({fmt} is a one-way export)" if what == "import" and fmt in EXPORTERS else ""
-        raise ConfigError(f"cannot {what} format {fmt!r}{one_way}; valid: {', '.join(table)}")
-    return table[fmt]
-
-
-def _options(fn: Callable[..., Any], fmt: str, options: Mapping[str, Any], common: Mapping[str, Any]) -> dict[str, Any]:
-    """The options `fn` accepts: unknown ones are rejected with the valid list; common arguments
-    (layers, groups, num_steps) are passed only to formats that use them."""
-    params = [p for p in inspect.signature(fn).parameters][1:]
-    unknown = [k for k in options if k not in params or k in common]
-    if unknown:
-        valid = [p for p in params if p not in common]
-        raise ConfigError(f"format {fmt!r} has no option {unknown[0]!r}; valid: {', '.join(valid) or 'none'}")
+def _options(registry: Registry[Any], fmt: str, options: Mapping[str, Any], common: Mapping[str, Any]) -> dict[str, Any]:
+    """The options format `fmt` takes: unknown ones are rejected with the valid list; common arguments
+    (layers, groups, num_steps) are passed only to formats that use them, and never by the user."""
+    registry.check(fmt, options, skip=1, reserved=common)
+    params = registry.params(fmt, skip=1) or []
     return {**{k: v for k, v in common.items() if k in params}, **options}

@@ -1,4 +1,5 @@
-"""Helpers shared by the export formats: layer lists, one-group selection, group parsing."""
+"""Helpers shared by the export formats: the format registries, layer lists, one-group selection,
+group parsing."""
 
 from __future__ import annotations
 
@@ -6,6 +7,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from quant.config import DEFAULT_KEY, REGEX_PREFIX, BitConfig, Bits, ConfigError, TimestepGroups
+from quant.registry import Registry
+
+# Each format module registers its functions; importing `search.exports` imports every format module.
+# An exporter takes the config first, an importer the text first; the rest are keyword options.
+EXPORTERS: Registry[str | dict[str, Any]] = Registry("export format", "search.exports")
+IMPORTERS: Registry[BitConfig] = Registry("import format", "search.exports")
 
 Layers = Iterable[Any] | Mapping[str, Any] | None
 """The model's layers: FQN strings, objects with `.fqn` (and `.kind`, e.g. `quant.layers.Layer`),

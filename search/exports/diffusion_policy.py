@@ -21,9 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 from quant.config import HIGH_PRECISION, BitConfig, ConfigError
-from search.exports._common import Layers, layer_kinds
+from search.exports._common import EXPORTERS, Layers, layer_kinds
 
 
+@EXPORTERS.register("diffusion-step-policy")
 def export(config: BitConfig, layers: Layers = None) -> dict[str, Any]:
     """{"quantization_config": {"runtime": {"diffusion_step_policy": {...}}}} to merge into the
     denoiser's config.json, or ConfigError naming why the schedule does not fit the schema."""

@@ -31,6 +31,8 @@ import yaml
 
 from quant.config import HIGH_PRECISION, BitConfig, Bits, ConfigError, TimestepGroups
 from search.exports._common import (
+    EXPORTERS,
+    IMPORTERS,
     Layers,
     layer_kinds,
     load_yaml_mapping,
@@ -45,6 +47,7 @@ PROTECTED = ("weights-only", "w16a16")
 KERNEL_BITS = (2, 4, 8)
 
 
+@EXPORTERS.register("mixdq")
 def export(config: BitConfig, layers: Layers = None, group: int | None = None,
            prefix: str = PREFIX) -> dict[str, str]:
     """{"weights": yaml text, "activations": yaml text}; 16-bit operands are omitted (see above)."""
@@ -54,6 +57,7 @@ def export(config: BitConfig, layers: Layers = None, group: int | None = None,
     return {"weights": yaml.safe_dump(weights, sort_keys=True), "activations": yaml.safe_dump(acts, sort_keys=True)}
 
 
+@IMPORTERS.register("mixdq")
 def import_config(text: str, activations: str | None = None, protected: str = "weights-only",
                   groups: TimestepGroups | None = None, num_steps: int | None = None, layers: Layers = None,
                   prefix: str = PREFIX) -> BitConfig:

@@ -20,11 +20,12 @@ from __future__ import annotations
 from typing import Any
 
 from quant.config import HIGH_PRECISION, BitConfig
-from search.exports._common import Layers, per_layer
+from search.exports._common import EXPORTERS, Layers, per_layer
 
 LIST_FORMAT_SINCE = (0, 44)
 
 
+@EXPORTERS.register("modelopt")
 def export(config: BitConfig, layers: Layers = None, group: int | None = None,
            legacy: bool | None = None) -> dict[str, Any]:
     bits = per_layer(config, layers, group, "modelopt")

@@ -36,12 +36,13 @@ from typing import Any
 import yaml
 
 from quant.config import BitConfig, Bits, ConfigError, TimestepGroups
-from search.exports._common import Layers, layer_kinds
+from search.exports._common import EXPORTERS, IMPORTERS, Layers, layer_kinds
 
 FORMAT = "bitsearch.step_policy"
 VERSION = 1
 
 
+@EXPORTERS.register("step-policy")
 def export(config: BitConfig, layers: Layers = None) -> dict[str, Any]:
     kinds = layer_kinds(layers)
     table = config.resolve(kinds) if kinds is not None else dict(config.rules)
@@ -60,6 +61,7 @@ def bits_at(policy: Mapping[str, Any], step: int, fqn: str) -> Bits:
     return config.bits(fqn, config.groups.group_of(step))
 
 
+@IMPORTERS.register("step-policy")
 def import_config(text: str | Mapping[str, Any], layers: Layers = None, num_steps: int | None = None) -> BitConfig:
     """The policy as a BitConfig; with `num_steps` different from the file's, spans are rebuilt from
     each entry's `count` / `rest` (see the module docstring)."""

@@ -25,7 +25,7 @@ import json
 from typing import Any
 
 from quant.config import HIGH_PRECISION, BitConfig, Bits
-from search.exports._common import Layers, layer_kinds, one_group, per_layer
+from search.exports._common import EXPORTERS, Layers, layer_kinds, one_group, per_layer
 
 # The names this exporter may emit; without torchao installed, they are assumed to exist.
 USED = ("FqnToConfig", "Int8WeightOnlyConfig", "IntxWeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig",
@@ -70,6 +70,7 @@ def torchao_config(bits: Bits, kind: str | None, group_size: int | None,
     return expr, note
 
 
+@EXPORTERS.register("torchao")
 def export(config: BitConfig, layers: Layers = None, group: int | None = None) -> str:
     """The snippet: defines `config` (an FqnToConfig) and `apply(model)`; run it, then `apply(denoiser)`."""
     g = one_group(config, group, "torchao")

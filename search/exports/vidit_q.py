@@ -27,13 +27,22 @@ from typing import Any
 import yaml
 
 from quant.config import HIGH_PRECISION, BitConfig, Bits, ConfigError, TimestepGroups
-from search.exports._common import Layers, layer_kinds, load_yaml_mapping, read_bits, strip_prefix
+from search.exports._common import (
+    EXPORTERS,
+    IMPORTERS,
+    Layers,
+    layer_kinds,
+    load_yaml_mapping,
+    read_bits,
+    strip_prefix,
+)
 
 PREFIX = "model."
 FP_KEY = "fp_layers"
 _RANGE = re.compile(r"(\d+)-(\d+)")
 
 
+@IMPORTERS.register("vidit-q")
 def import_config(text: str, activations: str | None = None, layers: Layers = None,
                   prefix: str = PREFIX) -> BitConfig:
     """A BitConfig with one timestep group per range, in the loop's order."""
@@ -70,6 +79,7 @@ def import_config(text: str, activations: str | None = None, layers: Layers = No
     return config
 
 
+@EXPORTERS.register("vidit-q")
 def export(config: BitConfig, layers: Layers = None, prefix: str = PREFIX) -> dict[str, str]:
     """{"weights": yaml text, "activations": yaml text}, one mapping per step range."""
     kinds = layer_kinds(layers)

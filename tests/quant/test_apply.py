@@ -138,10 +138,8 @@ def test_mixed_config_only_quantizes_what_it_names(tiny, tiny_input) -> None:
 
 
 def test_verification_rejects_a_backend_that_does_not_quantize(tiny) -> None:
-    @register
+    @register("lazy-test")
     class LazyBackend(FakeBackend):  # claims support, silently runs float
-        name = "lazy-test"
-
         def kernels(self, module, kind, bits, group_size=None):  # type: ignore[no-untyped-def]
             w = module.weight
             return {b: LayerKernel("float", lambda x, s: nn.functional.linear(x, w), [w]) for b in bits}

@@ -15,6 +15,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from quant.config import BitConfig, Bits, ConfigError, TimestepGroups
+from quant.errors import UnknownNameError
 from quant.layers import quantizable_modules
 from search.exports import export, import_config
 from search.exports.importing import import_candidates
@@ -54,11 +55,11 @@ def test_json_and_yaml_round_trip() -> None:
 
 
 def test_unknown_formats_and_options_are_rejected_with_the_valid_list() -> None:
-    with pytest.raises(ConfigError, match="valid: json, yaml, mixdq, torchao, modelopt, step-policy"):
+    with pytest.raises(UnknownNameError, match="valid export formats: diffusion-step-policy, json, mixdq, modelopt"):
         export(single_group(), "onnx")
-    with pytest.raises(ConfigError, match="one-way"):
+    with pytest.raises(UnknownNameError, match="one-way"):
         import_config("{}", "torchao")
-    with pytest.raises(ConfigError, match="no option 'grop'; valid: group, prefix"):
+    with pytest.raises(UnknownNameError, match="no option 'grop'; valid options: group, prefix"):
         export(single_group(), "mixdq", layers=LAYERS, grop=0)
 
 
@@ -309,4 +310,4 @@ def test_cli_import_and_export_formats(db_study, tmp_path) -> None:
     mo = json.loads((tmp_path / "mo.json").read_text())["quant_cfg"]
     assert [e["cfg"]["num_bits"] for e in mo if e["quantizer_name"] == "*proj.weight_quantizer"] == [4]
     out = runner.invoke(app, ["export", "t", "--candidate", str(cand.id), "--format", "onnx", "-o", "x", "--db", db])
-    assert out.exit_code == 2 and "valid: json, yaml, mixdq" in out.output
+    assert out.exit_code == 2 and "valid: diffusion-step-policy, json, mixdq" in out.output

@@ -272,7 +272,7 @@ def test_cli_convert_prints_layers_mean_bits_and_groups(tmp_path) -> None:
     assert "group 0 steps 0-4: W16A16 x6, W6A6 x342, W8A6 x16" in out.output
     assert BitConfig.load(tmp_path / "c.json") == _vidit_q()
     out = runner.invoke(app, ["convert", str(VIDITQ / "t20_weight_6_8_mp.yaml"), "--from", "torchao"])
-    assert out.exit_code == 2 and "valid: json, yaml" in out.output
+    assert out.exit_code == 2 and "valid: json, mixdq, step-policy, vidit-q, yaml" in out.output
 
 
 def test_cli_import_mixdq_protected_option(tmp_path) -> None:

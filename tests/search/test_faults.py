@@ -152,7 +152,7 @@ def test_local_executor_pins_threads_only_while_it_runs(tmp_path: Path, monkeypa
 def test_executor_registry_and_cli_options_reject_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="valid executors: local, ray"):
         get_executor("dask")
-    with pytest.raises(TypeError, match="valid: .*lease_timeout_s"):
+    with pytest.raises(ValueError, match="valid options: .*lease_timeout_s"):
         get_executor("local", workers=2)
     db = str(tmp_path / "x.db")
     runner = CliRunner()

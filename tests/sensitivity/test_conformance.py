@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from quant.config import Bits, TimestepGroups
+from quant.errors import UnknownNameError
 from quant.scores import METRICS, Scores
 from sensitivity import EstimatorError, estimator_names, estimator_options, get_estimator
 from tests.sensitivity.conftest import TinyWorkload
@@ -132,13 +133,13 @@ def test_serializable_for_storage(name: str, results: Any) -> None:
 
 @pytest.mark.parametrize("name", ESTIMATORS)
 def test_unknown_option_rejected_with_valid_list(name: str) -> None:
-    with pytest.raises(EstimatorError, match="valid options: .*seed"):
+    with pytest.raises(UnknownNameError, match="valid options: .*seed"):
         get_estimator(name, no_such_option=1)
     assert "seed" in estimator_options(name) and "progress" in estimator_options(name)
 
 
 def test_unknown_estimator_rejected_with_valid_list() -> None:
-    with pytest.raises(EstimatorError, match="valid: .*gradient"):
+    with pytest.raises(UnknownNameError, match="valid estimators: .*gradient"):
         get_estimator("nope")
 
 

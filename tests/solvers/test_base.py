@@ -9,7 +9,7 @@ def test_registry_names_and_errors() -> None:
     assert {"ilp", "greedy", "optuna"} <= set(solver_names())
     with pytest.raises(ValueError, match="valid solvers: greedy, ilp, optuna"):
         get_solver("annealing")
-    with pytest.raises(TypeError, match="valid: backend, gap"):
+    with pytest.raises(ValueError, match="valid options: backend, gap"):
         get_solver("ilp", solver="cbc")
     with pytest.raises(ValueError, match="valid: auto, highs, cbc"):
         get_solver("ilp", backend="gurobi")

@@ -15,6 +15,7 @@ import torch
 from quant.apply import apply
 from quant.calibrate import calibrate_activations
 from quant.config import BitConfig, TimestepGroups
+from quant.errors import UnknownNameError
 from workloads.base import SPLIT_SEED_STRIDE, Batch, WorkloadError, load_workload
 from workloads.diffusers_workload import DEFAULT_PROMPTS, DiffusersWorkload
 
@@ -59,7 +60,7 @@ def test_loads_each_pipeline_kind_with_its_denoiser(workloads):
 def test_registered_and_reachable_by_path(tiny_pipelines):
     wl = load_workload(str(tiny_pipelines["sd"]), num_steps=2)
     assert isinstance(wl, DiffusersWorkload) and wl.num_steps == 2
-    with pytest.raises(WorkloadError, match="has no option num_step; valid options: prompts, num_steps"):
+    with pytest.raises(UnknownNameError, match="has no option 'num_step'; valid options: prompts, num_steps"):
         load_workload(str(tiny_pipelines["sd"]), num_step=2)
     with pytest.raises(WorkloadError, match="neither a workload name .*diffusers.* nor an existing path"):
         load_workload("no/such/pipeline")

@@ -29,9 +29,8 @@ from .text import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, digit_forms, prompt_table
 KINDS = ("unet", "dit")
 
 
-@register
+@register("builtin")
 class BuiltinWorkload(Workload):
-    name = "builtin"
     min_images = {"full_samples": {"fcd": FCD_MIN_IMAGES}}  # the full evaluation's distribution metric
 
     def __init__(self, kind: str = "unet", num_steps: int = 20, guidance_scale: float | None = None,
