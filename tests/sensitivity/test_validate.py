@@ -14,7 +14,7 @@ from sensitivity import correlate, get_estimator, measure, validate
 from sensitivity._common import alignment_drop, image_mse
 from sensitivity.kurtosis import kurtosis, predicted_nsr
 from sensitivity.validate import Measured, Measurements
-from tests.sensitivity.conftest import TinyWorkload
+from workloads.testing import TinyWorkload
 
 BITS = [Bits.parse(b) for b in ("W2A16", "W4A16", "W8A16")]
 
