@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from quant.errors import BitsearchError
+from quant.errors import BitsearchError, UnknownNameError
 from quant.registry import Registry
 
 OnStep = Callable[[int], None]
@@ -135,7 +135,7 @@ def _resolve(name_or_path: str) -> tuple[str, tuple[str, ...]]:
         return name_or_path, ()
     if Path(name_or_path).exists():
         return "diffusers", (name_or_path,)
-    raise WorkloadError(
+    raise UnknownNameError(
         f"{name_or_path}: neither a workload name ({', '.join(workload_names())}) nor an existing path; "
         "expected a name or a local diffusers pipeline directory (with model_index.json)"
     )
@@ -155,7 +155,7 @@ def check_samples(model: str, **counts: int) -> None:
         raise TypeError(f"unknown sample count {unknown[0]!r}; valid: {', '.join(SAMPLE_COUNTS)}")
     try:
         factory = WORKLOADS.lookup(_resolve(model)[0])
-    except WorkloadError:
+    except UnknownNameError:
         return
     needs: dict[str, dict[str, int]] = getattr(factory, "min_images", {})
     for key, n in counts.items():

@@ -62,7 +62,7 @@ def test_registered_and_reachable_by_path(tiny_pipelines):
     assert isinstance(wl, DiffusersWorkload) and wl.num_steps == 2
     with pytest.raises(UnknownNameError, match="has no option 'num_step'; valid options: prompts, num_steps"):
         load_workload(str(tiny_pipelines["sd"]), num_step=2)
-    with pytest.raises(WorkloadError, match="neither a workload name .*diffusers.* nor an existing path"):
+    with pytest.raises(UnknownNameError, match="neither a workload name .*diffusers.* nor an existing path"):
         load_workload("no/such/pipeline")
 
 
