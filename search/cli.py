@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from typer.core import TyperGroup
 
+# Format names for help and checks come from the format registries (a light import: no torch).
+from search.exports import FORMATS, IMPORT_FORMATS, PER_LAYER_FORMATS, TWO_FILES
+
 if TYPE_CHECKING:
     from quant.layers import Layer
 
@@ -540,11 +543,10 @@ def export(
     best_under: Annotated[str | None, typer.Option("--best-under", help="Best quality with cost under a limit, e.g. "
                                                    "wbits=4.5.")] = None,
     quality: Annotated[str, typer.Option("--quality", help="Metric that decides 'best'.")] = "psnr_db",
-    fmt: Annotated[str | None, typer.Option("--format", help="json, yaml, mixdq, torchao, modelopt, step-policy, "
-                                            "diffusion-step-policy or vidit-q (default: json or yaml from the file "
-                                            "suffix).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help=f"{', '.join(FORMATS)} (default: json or "
+                                            "yaml from the file suffix).")] = None,
     group: Annotated[int | None, typer.Option("--group", help="Timestep group to export to formats with one "
-                                              "bit-width per layer (mixdq, torchao, modelopt).")] = None,
+                                              f"bit-width per layer ({', '.join(PER_LAYER_FORMATS)}).")] = None,
     db: DbOption = None,
 ) -> None:
     """Export a candidate's bit config: bitsearch's versioned JSON/YAML, MixDQ or ViDiT-Q YAML (weights to
@@ -777,21 +779,17 @@ def _plot(study: Any, objs: list[str], front: list[Any], path: str) -> None:
 # ---- exports and imports ---------------------------------------------------------------------------
 
 
-# Formats that keep every timestep group (the others take --group N).
-_PER_STEP_FORMATS = ("json", "yaml", "step-policy", "diffusion-step-policy", "vidit-q")
-
-
 def _write_export(study: Any, config: Any, kind: str, output: str, group: int | None) -> list[str]:
     """Write `config` in format `kind`; the paths written (mixdq writes two files)."""
 
     from quant.config import ConfigError
-    from search.exports import FORMATS, export
+    from search.exports import export, format_options
 
     if kind not in FORMATS:
         _fail(f"unknown format {kind!r}; valid: {', '.join(FORMATS)}")
-    options: dict[str, Any] = {} if group is None or kind in _PER_STEP_FORMATS else {"group": group}
-    # json/yaml keep the config's own rules; the other formats list the model's layers by name.
-    layers = None if kind in ("json", "yaml") else study.layers(progress=_progress)
+    options: dict[str, Any] = {} if group is None or kind not in PER_LAYER_FORMATS else {"group": group}
+    # formats that list the model's layers by name need its inventory; the others keep the config's rules
+    layers = study.layers(progress=_progress) if "layers" in format_options(kind) else None
     try:
         result = export(config, kind, layers=layers, **options)
     except ConfigError as e:
@@ -804,8 +802,7 @@ def _write_result(result: Any, kind: str, output: str) -> list[str]:
     from pathlib import Path
 
     out = Path(output)
-    if kind in ("mixdq", "vidit-q"):
-        assert isinstance(result, dict)
+    if isinstance(result, dict) and set(result) == TWO_FILES:
         act = out.with_name(f"{out.stem}_act{out.suffix or '.yaml'}")
         out.write_text(result["weights"])
         act.write_text(result["activations"])
@@ -824,7 +821,7 @@ def _write_result(result: Any, kind: str, output: str) -> list[str]:
 def import_(
     name: Annotated[str, typer.Argument(help="Study name.")],
     files: Annotated[list[str], typer.Argument(help="Config files to import (MixDQ: weights files).")],
-    fmt: Annotated[str, typer.Option("--format", help="json, yaml, mixdq, vidit-q or step-policy.")] = "json",
+    fmt: Annotated[str, typer.Option("--format", help=f"{', '.join(IMPORT_FORMATS)}.")] = "json",
     activations: Annotated[str | None, typer.Option("--activations", help="MixDQ or ViDiT-Q activations file.")] = None,
     protected: Annotated[str | None, typer.Option(
         "--protected", help="MixDQ layers in the weights file but not the activations file: weights-only "
@@ -854,7 +851,7 @@ def import_(
 @app.command()
 def convert(
     file: Annotated[str, typer.Argument(help="Config file to read (MixDQ, ViDiT-Q: the weights file).")],
-    from_fmt: Annotated[str, typer.Option("--from", help="Its format: json, yaml, mixdq, vidit-q or step-policy.")],
+    from_fmt: Annotated[str, typer.Option("--from", help=f"Its format: {', '.join(IMPORT_FORMATS)}.")],
     activations: Annotated[str | None, typer.Option("--activations", help="MixDQ or ViDiT-Q activations file.")] = None,
     protected: Annotated[str | None, typer.Option(
         "--protected", help="MixDQ layers in the weights file but not the activations file: weights-only "
@@ -867,7 +864,7 @@ def convert(
     to_fmt: Annotated[str | None, typer.Option("--to", help="Also write this format (see `export --format`).")] = None,
     output: Annotated[str | None, typer.Option("-o", "--output", help="File to write with --to.")] = None,
     group: Annotated[int | None, typer.Option("--group", help="Timestep group for --to formats with one "
-                                              "bit-width per layer (mixdq, torchao, modelopt).")] = None,
+                                              f"bit-width per layer ({', '.join(PER_LAYER_FORMATS)}).")] = None,
 ) -> None:
     """Read a config in one format, print a summary, and optionally write it in another. Needs no study.
 
@@ -883,7 +880,7 @@ def convert(
     from pathlib import Path
 
     from quant.config import ConfigError
-    from search.exports import FORMATS, IMPORT_FORMATS, export, import_config
+    from search.exports import export, format_options, formats_taking, import_config
     from search.exports._common import group_summary, mean_weight_bits
 
     if from_fmt not in IMPORT_FORMATS:
@@ -892,10 +889,9 @@ def convert(
         _fail(f"unknown --to format {to_fmt!r}; valid: {', '.join(FORMATS)}")
     if (to_fmt is None) != (output is None):
         _fail("give --to FORMAT and -o FILE together")
-    if activations is not None and from_fmt not in ("mixdq", "vidit-q"):
-        _fail("--activations goes with --from mixdq or vidit-q only")
-    if protected is not None and from_fmt != "mixdq":
-        _fail("--protected goes with --from mixdq only")
+    for option, given in (("activations", activations), ("protected", protected)):
+        if given is not None and option not in format_options(from_fmt, importing=True):
+            _fail(f"--{option} goes with --from {' or '.join(formats_taking(option, importing=True))} only")
     params: dict[str, int] | None = None
     if model is not None:
         from quant.layers import example_inputs, inventory
@@ -930,10 +926,10 @@ def convert(
         lo, hi = g["steps"]
         typer.echo(f"  group {g['group']} steps {lo}-{hi}: " + ", ".join(f"{b} x{n}" for b, n in g["bits"].items()))
     if to_fmt is not None and output is not None:
-        out_opts: dict[str, Any] = {} if group is None or to_fmt in _PER_STEP_FORMATS else {"group": group}
+        out_opts: dict[str, Any] = {} if group is None or to_fmt not in PER_LAYER_FORMATS else {"group": group}
         try:
-            result = export(config, to_fmt, layers=None if to_fmt in ("json", "yaml") else (list(params) if params
-                            else names), **out_opts)
+            result = export(config, to_fmt, layers=(list(params) if params else names)
+                            if "layers" in format_options(to_fmt) else None, **out_opts)
         except ConfigError as e:
             _fail(e)
         typer.echo(f"written to {', '.join(_write_result(result, to_fmt, output))}")

@@ -42,6 +42,21 @@ from search.exports._common import EXPORTERS, IMPORTERS, Layers, layer_kinds
 
 FORMATS = tuple(EXPORTERS.names())
 IMPORT_FORMATS = tuple(IMPORTERS.names())
+TWO_FILES = frozenset({"weights", "activations"})  # the keys of a result written as two files (FILE, FILE_act)
+
+
+def format_options(fmt: str, importing: bool = False) -> list[str]:
+    """The keyword arguments format `fmt` takes when exporting (or importing). Callers branch on these,
+    never on format names: `layers` (lists the model's layers), `group` (one bit-width per layer),
+    `activations` (a second file), `num_steps` (a format without steps of its own)."""
+    return (IMPORTERS if importing else EXPORTERS).params(fmt, skip=1) or []
+
+
+def formats_taking(option: str, importing: bool = False) -> tuple[str, ...]:
+    return tuple(f for f in (IMPORT_FORMATS if importing else FORMATS) if option in format_options(f, importing))
+
+
+PER_LAYER_FORMATS = formats_taking("group")  # one bit-width per layer: they take --group N
 
 
 def export(config: BitConfig, fmt: str, layers: Layers = None, **options: Any) -> str | dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from quant.config import BitConfig, ConfigError, TimestepGroups
-from search.exports import IMPORT_FORMATS, import_config
+from search.exports import IMPORT_FORMATS, format_options, formats_taking, import_config
 from search.study import CHEAP
 
 
@@ -31,26 +31,21 @@ def import_candidates(storage: Any, study: str, files: Sequence[str | Path], fmt
 
     if fmt not in IMPORT_FORMATS:
         raise ConfigError(f"cannot import format {fmt!r}; valid: {', '.join(IMPORT_FORMATS)}")
-    if activations is not None and fmt not in ("mixdq", "vidit-q"):
-        raise ConfigError("an activations file goes with --format mixdq or vidit-q only")
-    if protected is not None and fmt != "mixdq":
-        raise ConfigError("--protected goes with --format mixdq only")
+    takes = format_options(fmt, importing=True)
+    options: dict[str, Any] = {k: v for k, v in (("activations", activations), ("protected", protected)) if v is not None}
+    for option in options:
+        if option not in takes:
+            raise ConfigError(f"--{option} goes with --format {' or '.join(formats_taking(option, True))} only")
     info = storage.get_study(study)
     groups = StudySpec.from_dict(info.spec).groups
     layers = [d["fqn"] for d in storage.get_layers(study)] or None
     configs = []
     for f in files:
         text = Path(f).read_text()
-        act = Path(activations).read_text() if activations is not None else None
-        if fmt == "mixdq":
-            config = import_config(text, fmt, groups=groups, layers=layers, activations=act,
-                                   protected=protected or "weights-only")
-        elif fmt == "vidit-q":
-            config = import_config(text, fmt, layers=layers, activations=act)
-        elif fmt == "step-policy":
-            config = import_config(text, fmt, layers=layers, num_steps=groups.num_steps)
-        else:
-            config = import_config(text, fmt, layers=layers)
+        read: dict[str, Any] = {**options, **({"activations": Path(activations).read_text()} if activations is not None else {})}
+        # the study's groups to a format that takes them, else its step count (a step policy rebuilds its spans)
+        steps: dict[str, Any] = {"groups": groups} if "groups" in takes else {"num_steps": groups.num_steps}
+        config = import_config(text, fmt, layers=layers, **steps, **read)
         try:
             configs.append(to_groups(config, groups).to_dict())
         except ConfigError as e:
