@@ -424,11 +424,9 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")], db: DbOptio
     validation = study.validation()
     if validation:
         _print_validation(validation)
-    if study.spec.solver == "optuna":
-        from search.optuna_rounds import optuna_study_name
-
-        url = study.storage.url.render_as_string(hide_password=False)
-        typer.echo(f"optuna study {optuna_study_name(name)!r} in the same database: optuna-dashboard {url}")
+    note = study.solver(lambda m: None).describe()  # e.g. where the optuna solver keeps its study
+    if note:
+        typer.echo(note)
 
 
 @app.command()
@@ -627,22 +625,20 @@ def delete(
         if not confirmed:
             _fail("nothing deleted; answer y, or pass --yes")
     counts = st.count_candidates(name)
-    if info.spec.get("solver") == "optuna":
-        _delete_optuna_study(st.url.render_as_string(hide_password=False), name)
+    _forget_solver_state(st, name, info.spec)
     st.delete_study(name)  # last: if anything above fails, the study is still there to delete again
     typer.echo(f"deleted study {name} ({sum(counts.values())} candidates)")
 
 
-def _delete_optuna_study(url: str, name: str) -> None:
+def _forget_solver_state(st: Any, name: str, spec: dict[str, Any]) -> None:
+    """The study's solver deletes what it kept of its own in the database (the optuna solver's study)."""
     from contextlib import suppress
 
-    import optuna
+    from quant.config import ConfigError
+    from search.study import Study, StudySpec
 
-    from search.optuna_rounds import optuna_study_name
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with suppress(KeyError):  # KeyError: the study stopped before its first Optuna round
-        optuna.delete_study(study_name=optuna_study_name(name), storage=url)
+    with suppress(ConfigError):  # a spec this version cannot read (its solver is gone): nothing to ask it
+        Study(name, StudySpec.from_dict(spec), st).solver(lambda m: None).forget()
 
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)

@@ -5,8 +5,10 @@ study resumes where it stopped: the inventory, activation ranges and sensitivity
 in the database, candidates are added idempotently by content hash, and evaluations claim
 candidates atomically with a lease, so no candidate is evaluated twice and none is lost.
 
-Proposals come from the study's solver: `ilp` and `greedy` propose a budget sweep at once; `optuna`
-proposes in rounds (search/optuna_rounds.py), each trial measured before the next round is asked.
+Proposals come from the study's solver, a proposer (solvers.base): the study asks it for as many
+configs as its executor evaluates at once, queues them as candidates, evaluates them and tells the
+solver each one's measured quality, until the solver is done (a one-shot solver after its first
+answer). A proposal's tag is kept as its candidate's meta.
 
 Evaluations are multi-fidelity. Every candidate gets the `cheap` one: `eval_samples` images, fidelity
 to full precision (PSNR, SSIM, per-step SQNR). Candidates that may enter the front (non-dominated on
@@ -26,14 +28,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quant.budget import Budget
 from quant.config import BitConfig, Bits, ConfigError, TimestepGroups
 from search.executors.base import Evaluator, Executor, Outcome
+from solvers.base import Measurement, Proposal, Solver
+
+if TYPE_CHECKING:
+    from solvers.problem import Problem
 
 SPEC_VERSION = 1
-STUDY_SOLVERS = ("ilp", "greedy", "optuna")
 CHEAP, FULL = "cheap", "full"  # evaluation fidelities (see the module docstring)
 QUALITY = "psnr_db"  # the cheap quality metric that promotion and the optuna solver rank by
 PROMOTION_COSTS = ("wbits", "bops_g")  # a candidate on the quality front vs either gets the full evaluation
@@ -52,8 +57,10 @@ def check_estimators(names: Sequence[str]) -> None:
 
 
 def check_solver(name: str) -> None:
-    if name not in STUDY_SOLVERS:
-        raise ConfigError(f"unknown solver {name!r}; valid: {', '.join(STUDY_SOLVERS)}")
+    from solvers.base import solver_names
+
+    if name not in solver_names():
+        raise ConfigError(f"unknown solver {name!r}; valid: {', '.join(solver_names())}")
 
 
 def check_backend(name: str) -> None:
@@ -220,16 +227,8 @@ class Study:
         layers = self.layers(progress)
         ranges = self.activation_ranges(progress)
         scores = self.sensitivities(layers, progress)
-        searched = True
         with executor:  # workers stay up across rounds and fidelities
-            if self.spec.solver == "optuna":
-                from search.optuna_rounds import OptunaRounds
-
-                self._add_baselines()
-                rounds = OptunaRounds(self, self.problem(layers, scores, progress))
-                searched = rounds.run(ranges, executor, progress, deadline)
-            else:
-                self.propose(layers, scores, progress)
+            searched = self.search(self.problem(layers, scores, progress), ranges, executor, progress, deadline)
             self.evaluate(ranges, progress, seconds_left(deadline), executor)
             while self.promote(progress) and seconds_left(deadline) != 0:
                 self.evaluate(ranges, progress, seconds_left(deadline), executor)
@@ -398,25 +397,58 @@ class Study:
             table.setdefault(fqn, {})[Bits(w, a)] = seconds
         return table
 
-    def propose(self, layers: Sequence[Any], scores: Sequence[Any], progress: Progress = print) -> None:
-        """Solver proposals (a budget sweep around the target) and uniform baselines, added once."""
-        from solvers.base import get_solver
+    def solver(self, progress: Progress = print) -> Solver:
+        """The study's solver, keeping any state of its own in the study's database (it resumes too)."""
+        from solvers.base import SearchSettings, solver_for_search
 
-        if self.storage.list_candidates(self.name):
-            return
-        problem = self.problem(layers, scores, progress)
-        first = problem.budget.limits[0]
-        lo, hi = 0.9 * first.value, first.value  # the front just under the target budget
-        values = [lo + (hi - lo) * i / max(1, self.spec.trials - 1) for i in range(self.spec.trials)]
-        progress(f"solver: {self.spec.solver} sweep of {first.metric} over {values[0]:.3g}..{values[-1]:.3g}")
-        solver = get_solver(self.spec.solver, sweep=values) if self.spec.solver == "ilp" else get_solver(self.spec.solver)
-        configs = solver.solve(problem)
-        if not configs:  # every budget of the sweep was infeasible: say why, with the lowest reachable value
-            from solvers.ilp import diagnose
+        url = self.storage.url.render_as_string(hide_password=False)
+        settings = SearchSettings(self.name, self.spec.trials, self.spec.seed, self.spec.patience, url, QUALITY,
+                                  progress)
+        return solver_for_search(self.spec.solver, settings)
 
-            raise diagnose(problem)
-        self.storage.add_candidates(self.name, [c.to_dict() for c in configs], self.spec.solver, fidelity=CHEAP)
+    def search(self, problem: Problem, ranges: Any, executor: Executor, progress: Progress,
+               deadline: float | None) -> bool:
+        """Ask, queue, evaluate and tell rounds until the solver is done (True) or `deadline` passes
+        (False: proposals not yet measured are asked again when the study resumes)."""
+        solver = self.solver(progress)
         self._add_baselines()
+        while not solver.done:
+            if seconds_left(deadline) == 0:
+                return False
+            proposals = solver.ask(problem, executor.parallelism)
+            ids = self._queue(proposals)
+            self.evaluate(ranges, progress, seconds_left(deadline), executor)
+            for proposal, cid in zip(proposals, ids, strict=True):
+                measurement = self._measurement(cid)
+                if measurement is None:  # still queued: the deadline passed during the round
+                    return False
+                solver.tell(proposal, measurement)
+        return True
+
+    def propose(self, layers: Sequence[Any], scores: Sequence[Any], progress: Progress = print) -> None:
+        """The baselines and the solver's first proposals, queued and not evaluated (`run` goes on from
+        there: the solver asks again for what it was never told)."""
+        solver = self.solver(progress)
+        self._add_baselines()
+        self._queue(solver.ask(self.problem(layers, scores, progress), 1))
+
+    def _queue(self, proposals: Sequence[Proposal]) -> list[int]:
+        """Candidate ids of `proposals` (added once: two proposals of one config share a candidate)."""
+        return [self.storage.add_candidate(self.name, p.config.to_dict(), p.origin, fidelity=CHEAP,
+                                           meta=dict(p.tag))[0] for p in proposals]
+
+    def _measurement(self, cid: int) -> Measurement | None:
+        """What candidate `cid`'s cheap evaluation measured for the solver (minus QUALITY as its
+        degradation), a failure if it has none and never will, None while it is still queued."""
+        from storage import CandidateState
+
+        cand = self.storage.get_candidate(cid)
+        cheap = next((e for e in self.storage.get_evaluations(cid) if e.fidelity == CHEAP), None)
+        if cheap is None and cand.state in (CandidateState.WAITING, CandidateState.RUNNING):
+            return None
+        if cheap is None or QUALITY not in cheap.metrics:  # FAILED or INVALID, or no quality to rank by
+            return Measurement(failure=cand.reason or f"no {QUALITY} measured", reference=cid)
+        return Measurement({"degradation": -cheap.metrics[QUALITY]}, reference=cid)
 
     def _add_baselines(self) -> None:
         uniform = [BitConfig.uniform(self.spec.groups, b).to_dict() for b in self.spec.baselines]

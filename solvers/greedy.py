@@ -13,16 +13,16 @@ from __future__ import annotations
 import heapq
 
 from quant.config import BitConfig, Bits
-from solvers.base import Solver, register
+from solvers.base import OneShot, register
 from solvers.problem import Plan, Problem
 
 
 @register("greedy")
-class GreedySolver(Solver):
+class GreedySolver(OneShot):
     def __init__(self) -> None:
         pass
 
-    def solve(self, problem: Problem) -> list[BitConfig]:
+    def propose(self, problem: Problem) -> list[BitConfig]:
         return [greedy(problem)]
 
 
@@ -122,10 +122,10 @@ def greedy(problem: Problem) -> BitConfig:
 
 
 def _stuck(problem: Problem, over: frozenset[str]) -> BitConfig:
-    from solvers.ilp import diagnose, smallest
+    from solvers.ilp import smallest
 
     if any((low := smallest(problem, m)) is None or low > problem.caps[m] * (1 + 1e-9) for m in over):
-        raise diagnose(problem)
+        raise problem.diagnose()
     raise RuntimeError(
         f"greedy could not meet {', '.join(sorted(over))} by lowering bits step by step although some "
         "config does; use the 'ilp' solver"

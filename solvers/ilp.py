@@ -35,13 +35,13 @@ from typing import Any
 from quant.budget import Budget, Limit, cost_of
 from quant.config import BitConfig
 from quant.cost import Costs
-from solvers.base import Solver, register
-from solvers.problem import InfeasibleBudget, Plan, Problem, SolverError, SolverTimeout
+from solvers.base import OneShot, SearchSettings, register
+from solvers.problem import DEGRADATION_LIMIT as _DEG
+from solvers.problem import Plan, Problem, SolverError, SolverTimeout
 
 BACKENDS = ("auto", "highs", "cbc")
 DEFAULT_GAP = 1e-6  # relative MIP gap: "optimal" up to one part in a million
 HIGHS_FEASIBILITY_TOLERANCE = 1e-9  # HiGHS's default 1e-6 lets budget rows run over (see _highs_class)
-_DEG = "max_degradation."  # constraint-name prefix of predicted-degradation caps
 _SOLVER_NAMES = {"highs": "HiGHS", "cbc": "CBC"}
 
 
@@ -379,7 +379,7 @@ def solve(problem: Problem, backend: str = "auto", gap: float = DEFAULT_GAP, thr
     InfeasibleBudget if the solver proves there is none, SolverError if it stops without either."""
     model = _Model(problem)
     if not model.solve(backend, gap, threads, time_limit):
-        raise diagnose(problem, backend, threads)
+        raise problem.diagnose(backend, threads)
     return _extract(model)
 
 
@@ -396,49 +396,6 @@ def smallest(problem: Problem, name: str, others: bool = False, backend: str = "
     if name.startswith(_DEG):
         return problem.predicted(config)[name[len(_DEG):]]
     return cost_of(problem.costs(config), name)
-
-
-def diagnose(problem: Problem, backend: str = "auto", threads: int | None = None) -> InfeasibleBudget:
-    """The InfeasibleBudget error for an infeasible problem: the first limit no allowed config meets
-    alone, else the first limit that cannot be met together with the others."""
-    names = [lim.metric for lim in problem.budget.limits] + [f"{_DEG}{m}" for m in problem.max_degradation]
-    for others in (False, True):
-        for name in names:
-            low = smallest(problem, name, others, backend, threads)
-            cap = _absolute_cap(problem, name)
-            if low is None or low > cap * (1 + 1e-9):
-                return _error(problem, name, cap, low, others)
-    return InfeasibleBudget(  # every limit is reachable with the others: the structure itself is infeasible
-        "no configuration satisfies the pins, ties and switch limits together; loosen them", "", math.nan, math.nan)
-
-
-def _absolute_cap(problem: Problem, name: str) -> float:
-    return problem.max_degradation[name[len(_DEG):]] if name.startswith(_DEG) else problem.caps[name]
-
-
-def _error(problem: Problem, name: str, cap: float, low: float | None, others: bool) -> InfeasibleBudget:
-    given = "given the other limits" if others else "with these candidates, pins, ties and switch limits"
-    if low is None:
-        return InfeasibleBudget(f"limit {name} cannot be met {given}; loosen the other limits", name,
-                                problem.in_user_units(name, cap), math.nan)
-    user_cap, user_low = problem.in_user_units(name, cap), problem.in_user_units(name, low)
-    lim = next((x for x in problem.budget.limits if x.metric == name), None)
-    suffix = "x" if lim is not None and lim.relative else ""
-    shown = _round_up(user_low)
-    return InfeasibleBudget(
-        f"budget {name}={user_cap:.6g}{suffix} is infeasible: the smallest {name} any allowed "
-        f"configuration reaches {given} is {shown}{suffix}; raise the limit to at least {shown}{suffix}"
-        + ("" if others else " or allow lower bits"),
-        name, user_cap, user_low,
-    )
-
-
-def _round_up(value: float, digits: int = 6) -> str:
-    """`value` shown with `digits` significant digits, rounded up so the shown number is feasible."""
-    if value <= 0:
-        return f"{value:.{digits}g}"
-    step = 10 ** (math.floor(math.log10(value)) - digits + 1)
-    return f"{math.ceil(value / step - 1e-9) * step:.{digits}g}"
 
 
 def sweep(problem: Problem, values: Sequence[float], metric: str | None = None, backend: str = "auto",
@@ -475,25 +432,40 @@ def sweep(problem: Problem, values: Sequence[float], metric: str | None = None, 
 
 
 @register("ilp")
-class IlpSolver(Solver):
-    """Exact integer program. `sweep` (values of the budget's first limit, or of `sweep_metric`)
-    returns the predicted Pareto front instead of one config."""
+class IlpSolver(OneShot):
+    """Exact integer program: one optimal config, or with `sweep` (values of the budget's first limit,
+    or of `sweep_metric`) or `points` (that many values evenly over the last `span` of the first limit,
+    e.g. 4.05..4.5 for wbits=4.5 and span 0.1) the predicted Pareto front of those budgets."""
 
     def __init__(self, backend: str = "auto", gap: float = DEFAULT_GAP, threads: int | None = None,
                  time_limit: float | None = None, sweep: Sequence[float] | None = None,
-                 sweep_metric: str | None = None) -> None:
+                 sweep_metric: str | None = None, points: int | None = None, span: float = 0.1) -> None:
         resolve_backend(backend)  # reject unknown names now
         if time_limit is not None and not 0 < time_limit < math.inf:
             raise ValueError(f"ILP time_limit must be a positive number of seconds, got {time_limit}")
+        if points is not None and points < 1:
+            raise ValueError(f"ILP points must be >= 1, got {points}")
+        if not 0 <= span < 1:
+            raise ValueError(f"ILP span must be in [0, 1), got {span}")
         self.backend, self.gap, self.threads, self.time_limit = backend, gap, threads, time_limit
-        self.values, self.sweep_metric = sweep, sweep_metric
+        self.values, self.sweep_metric, self.points, self.span = sweep, sweep_metric, points, span
 
-    def solve(self, problem: Problem) -> list[BitConfig]:
-        if self.values is None:
+    @classmethod
+    def for_search(cls, settings: SearchSettings) -> IlpSolver:
+        # a study measures the front just under its target budget, one proposal per trial
+        return cls(points=settings.trials)
+
+    def propose(self, problem: Problem) -> list[BitConfig]:
+        values = self.values
+        if values is None and self.points is not None:
+            hi = problem.budget.limits[0].value
+            lo = (1 - self.span) * hi
+            values = [lo + (hi - lo) * i / max(1, self.points - 1) for i in range(self.points)]
+        if values is None:
             return [solve(problem, self.backend, self.gap, self.threads, self.time_limit)]
-        points = sweep(problem, self.values, self.sweep_metric, self.backend, True, self.gap, self.threads,
+        points = sweep(problem, values, self.sweep_metric, self.backend, True, self.gap, self.threads,
                        self.time_limit)
         from solvers.pareto import non_dominated
 
         keep = non_dominated([(pt.objective, pt.value) for pt in points])
-        return [points[i].config for i in keep]
+        return [points[i].config for i in keep]  # empty when every value is infeasible: OneShot diagnoses

@@ -2,11 +2,14 @@
 
 Named `optuna_search` so it does not shadow the `optuna` package.
 
-Each trial turns a few knobs, solves the ILP for the resulting problem, and measures the config with
-the caller's `evaluate(config) -> {name: value}` (search/ passes real quantized runs). Objectives
-are minimised; a name that `evaluate` does not return and that is a budget metric (wbits, size,
-memory, bops, latency) is computed with quant.cost.costs, and "cost" means the budget's first
-metric, in the budget's units. Knobs (space="knobs", the default):
+A proposer (solvers.base): each `ask` asks Optuna for trials; each trial turns a few knobs, solves the
+ILP for the resulting problem and proposes that config; the caller measures it and `tell`s the
+measured `degradation` (a study tells minus its quality metric). Objectives are minimised; one that
+the measurement does not carry and that is a budget metric (wbits, size, memory, bops, latency) is
+computed with quant.cost.costs, and "cost" means the budget's first metric, in the budget's units.
+The ILP's own budget sweep is enqueued as the first trials, proposing exactly those configs (they ride
+along as user attributes; their proposals say origin "ilp", the others "optuna"). Knobs (space="knobs",
+the default):
 
 - budget_scale in [max(min_scale, lowest feasible / limit), 1]: multiplies the budget's first limit
   (so every config is within the user's budget and the front spans cheaper ones);
@@ -19,15 +22,20 @@ metric, in the budget's units. Knobs (space="knobs", the default):
   ILP treats it as that many bits more (or less) sensitive (quantization noise power is ~4x per bit).
 
 space="direct" (at most 64 layers): one categorical per (unit, group), budget as an Optuna
-constraint. Either way the ILP sweep's configs are enqueued as the first trials (exactly those
-configs: they ride along as user attributes). Trials with NaN/inf measurements FAIL and never reach
-the front. `storage` is any Optuna storage URL (the service passes its database). `sampler`: nsga2,
-or tpe (multivariate, random for its first `startup_trials`, the enqueued seeds included).
+constraint. A trial told a failure or a non-finite value FAILs and never reaches the front; a trial
+whose knobs leave the ILP no solution FAILs at once (and another is asked). `sampler`: nsga2, or tpe
+(multivariate, random for its first `startup_trials`, the enqueued seeds included).
 
-Two ways to drive it: `solve`/`study` run `optimize` with `evaluate` measuring each trial in turn;
-a caller that measures trials elsewhere (search/ evaluates a round of trials on its executors) uses
-`open` (the study, seeds enqueued), `suggest` (a trial's config) and `objective_values` (what to
-tell Optuna) with Optuna's ask/tell interface, and passes no `evaluate`.
+The search is done after `n_trials` finished trials, or when `patience` trials in a row did not
+improve the measured front by more than `tolerance` in the first objective.
+
+State lives in Optuna's study, in `storage` (any Optuna storage URL or object; a search passes its
+own database, so Optuna's tools open it: `optuna-dashboard sqlite:///bitsearch.db`), named
+`study_name` (`bitsearch/<study>` for a search). It resumes with the caller: a new solver on the same
+study proposes again every trial asked but never told (its config is a user attribute), so a caller
+that stored the proposal finds it (by content) and tells it when its measurement lands; a trial that
+died before its config was chosen is told FAIL. A told trial records the caller's `reference` (the
+study's candidate id) as its user attribute `candidate_id`; the proposal's tag holds `optuna_trial`.
 """
 
 from __future__ import annotations
@@ -41,65 +49,130 @@ from quant.budget import Budget, Limit, cost_of
 from quant.config import BitConfig, Bits, ConfigError, TimestepGroups
 from quant.cost import Costs
 from solvers import ilp
-from solvers.base import Solver, register
+from solvers.base import Measurement, Proposal, SearchSettings, Solver, register
+from solvers.pareto import trailing_stale
 from solvers.problem import InfeasibleBudget, Problem, remap_scores
 
 if TYPE_CHECKING:
     import optuna
 
-Evaluate = Callable[[BitConfig], Mapping[str, float]]
 SAMPLERS = ("nsga2", "tpe")
 SPACES = ("knobs", "direct")
 DIRECT_MAX_LAYERS = 64
+FRONT_TOLERANCE = 0.05  # a front gain below this much degradation (a study: dB of quality) is noise
 _CONFIG = "config"
 SEED_CONFIG = "seed_config"  # the user attribute of an enqueued ILP solution
+CANDIDATE_ATTR = "candidate_id"  # the user attribute of a told trial: the caller's reference
+TRIAL_TAG = "optuna_trial"  # the proposal tag: the trial's number
+
+
+def optuna_study_name(search: str) -> str:
+    """The Optuna study of the search (the bitsearch study) named `search`."""
+    return f"bitsearch/{search}"
 
 
 @register("optuna")
 class OptunaSolver(Solver):
-    def __init__(self, evaluate: Evaluate | None = None, n_trials: int = 30, sampler: str = "nsga2",
-                 objectives: Sequence[str] = ("degradation", "cost"), space: str = "knobs",
-                 storage: str | None = None, study_name: str | None = None, seed: int | None = None,
-                 seed_points: int = 5, min_scale: float = 0.5, max_group_shift: int = 1, max_blocks: int = 8,
-                 ilp_backend: str = "auto", threads: int | None = None, startup_trials: int = 10) -> None:
+    def __init__(self, n_trials: int = 30, sampler: str = "nsga2", objectives: Sequence[str] = ("degradation", "cost"),
+                 space: str = "knobs", storage: str | optuna.storages.BaseStorage | None = None,
+                 study_name: str | None = None, seed: int | None = None, seed_points: int = 5,
+                 min_scale: float = 0.5, max_group_shift: int = 1, max_blocks: int = 8, ilp_backend: str = "auto",
+                 threads: int | None = None, startup_trials: int = 10, patience: int = 0,
+                 tolerance: float = FRONT_TOLERANCE, quality: str | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
         if space not in SPACES:
             raise ValueError(f"unknown space {space!r}; valid: {', '.join(SPACES)}")
         if not 0 < min_scale <= 1:
             raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
-        self.evaluate, self.n_trials, self.sampler, self.objectives = evaluate, n_trials, sampler, tuple(objectives)
+        if n_trials < 1 or patience < 0:
+            raise ValueError(f"n_trials must be >= 1 and patience >= 0, got {n_trials} and {patience}")
+        self.n_trials, self.sampler, self.objectives = n_trials, sampler, tuple(objectives)
         self.space, self.storage, self.study_name, self.seed = space, storage, study_name, seed
         self.seed_points, self.min_scale, self.max_group_shift, self.max_blocks = (
             seed_points, min_scale, max_group_shift, max_blocks)
         self.ilp_backend, self.threads, self.startup_trials = ilp_backend, threads, startup_trials
-        self._scale_floor = min_scale  # raised by `open` to the lowest feasible share of the budget
+        self.patience, self.tolerance, self.quality = patience, tolerance, quality
+        self.log: Callable[[str], None] = log or (lambda message: None)
+        self._scale_floor = min_scale  # raised by `_open` to the lowest feasible share of the budget
+        self.study: optuna.Study | None = None  # opened by the first `ask`
+        self._problem: Problem | None = None
+        self._pending: dict[int, optuna.Trial] = {}  # asked, not told, by trial number
+        self._resumed: list[Proposal] = []  # pending from an earlier process, handed out by the next ask
+        self._stopped = False
 
-    def solve(self, problem: Problem) -> list[BitConfig]:
-        study = self.study(problem)
-        return [BitConfig.from_dict(t.user_attrs[_CONFIG]) for t in study.best_trials
-                if all(v <= 0 for v in t.constraints.values())]
+    @classmethod
+    def for_search(cls, settings: SearchSettings) -> OptunaSolver:
+        seeds = max(1, min(5, settings.trials // 3))
+        # Few trials: 4 block offsets (not 8) and TPE modelling from the first trial after the seeds.
+        # Chosen on bench/search.py (24 trials, builtin): see bench/results/search-ray-cpu-1thread.txt.
+        return cls(n_trials=settings.trials, sampler="tpe", storage=settings.storage,
+                   study_name=optuna_study_name(settings.name), seed=settings.seed, seed_points=seeds, max_blocks=4,
+                   startup_trials=seeds + 1, patience=settings.patience, quality=settings.quality, log=settings.log)
+
+    # ---- the proposer contract --------------------------------------------------------------------
+    def ask(self, problem: Problem, n: int) -> list[Proposal]:
+        """Trials asked before and never told (after a resume), then new ones up to `n` asked at once
+        in all, never past `n_trials` finished or pending."""
+        if self.study is None:
+            self._open(problem)
+        out, self._resumed = self._resumed, []
+        while not self._stopped and len(self._pending) < min(n, self.n_trials - self._finished()):
+            proposal = self._ask_one(problem)
+            if proposal is not None:
+                out.append(proposal)
+        if out:
+            self.log(f"optuna: {len(out)} trial(s) asked, {self._finished()}/{self.n_trials} finished")
+        return out
+
+    def tell(self, proposal: Proposal, measurement: Measurement) -> None:
+        """Tell the trial of `proposal` its objective values (FAIL on a failure or a non-finite value)."""
+        import optuna
+
+        trial = self._pending.pop(int(proposal.tag[TRIAL_TAG]), None)
+        if trial is None or self.study is None or self._problem is None:
+            raise ValueError(f"trial {proposal.tag.get(TRIAL_TAG)} was not asked by this solver, or was told")
+        if measurement.reference is not None:
+            trial.set_user_attr(CANDIDATE_ATTR, measurement.reference)
+        values = None if measurement.failure is not None else self.objective_values(
+            self._problem, proposal.config, measurement.values)
+        if values is None or not all(math.isfinite(v) for v in values):
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            self.study.tell(trial, list(values))
+        self._update()
+
+    @property
+    def done(self) -> bool:
+        return self._stopped and not self._pending
+
+    def describe(self) -> str | None:
+        if self.study_name is None or not isinstance(self.storage, str):
+            return None
+        return f"optuna study {self.study_name!r} in the same database: optuna-dashboard {self.storage}"
+
+    def forget(self) -> None:
+        from contextlib import suppress
+
+        import optuna
+
+        if self.study_name is None or self.storage is None:
+            return
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        with suppress(KeyError):  # KeyError: the search stopped before its first ask
+            optuna.delete_study(study_name=self.study_name, storage=self.storage)
 
     # ---- the study ---------------------------------------------------------------------------------
-    def study(self, problem: Problem) -> optuna.Study:
-        """Create (or load, from `storage`) the study, enqueue the ILP seeds if new, run `n_trials`,
-        measuring each with `evaluate`."""
-        if self.evaluate is None:
-            raise ValueError("the optuna solver measures configs: pass evaluate=callable(config) -> dict of metrics "
-                             "(or drive it with open/suggest/objective_values)")
-        study = self.open(problem)
-        study.optimize(lambda t: self._measure(problem, t, self.suggest(problem, t)), n_trials=self.n_trials,
-                       catch=(InfeasibleBudget,))
-        return study
-
-    def open(self, problem: Problem) -> optuna.Study:
-        """Create (or load, from `storage`) the study; a new one gets the ILP seeds enqueued."""
+    def _open(self, problem: Problem) -> None:
+        """Create (or load, from `storage`) the study; a new one gets the ILP seeds enqueued, a loaded
+        one hands its untold trials to the next ask."""
         import optuna
 
         if self.space == "direct" and len(problem.layers) > DIRECT_MAX_LAYERS:
             raise ConfigError(f"space='direct' is for models of at most {DIRECT_MAX_LAYERS} layers "
                               f"(this one has {len(problem.layers)}); use space='knobs'")
-
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         if self.sampler == "nsga2":
             sampler: optuna.samplers.BaseSampler = optuna.samplers.NSGAIISampler(seed=self.seed)
         else:
@@ -113,14 +186,70 @@ class OptunaSolver(Solver):
             directions=["minimize"] * len(self.objectives), sampler=sampler,
         )
         primary = problem.budget.limits[0]
+        if self.quality is not None:
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, and only labels the dashboard's axes
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([{"degradation": f"-{self.quality}", "cost": primary.metric}.get(o, o)
+                                        for o in self.objectives])
         low = ilp.smallest(problem, primary.metric, others=True, backend=self.ilp_backend, threads=self.threads)
         if low is None:
-            raise ilp.diagnose(problem, self.ilp_backend, self.threads)
+            raise problem.diagnose(self.ilp_backend, self.threads)
         self._scale_floor = min(1.0, max(self.min_scale, low / problem.caps[primary.metric]))
+        self.study, self._problem = study, problem
         if not study.trials:
             for params, config in self._seeds(problem):
                 study.enqueue_trial(params, user_attrs={SEED_CONFIG: config.to_dict()})
-        return study
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if _CONFIG not in t.user_attrs:  # the caller stopped before this trial's config was chosen
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                continue
+            # Trial's constructor is Optuna's public way to reopen a running trial (it wants the storage id)
+            self._pending[t.number] = optuna.trial.Trial(study, t._trial_id)
+            self._resumed.append(self._proposal(t.number, t.user_attrs, BitConfig.from_dict(t.user_attrs[_CONFIG])))
+        self._update()
+
+    def _ask_one(self, problem: Problem) -> Proposal | None:
+        """A new trial's proposal; None (the trial told FAIL) when its knobs leave the ILP no solution."""
+        import optuna
+
+        assert self.study is not None
+        trial = self.study.ask()
+        try:
+            config = self.suggest(problem, trial)
+        except InfeasibleBudget as e:
+            self.log(f"optuna: trial {trial.number} has no config within budget ({e})")
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            self._update()
+            return None
+        self._pending[trial.number] = trial
+        return self._proposal(trial.number, trial.user_attrs, config)
+
+    def _proposal(self, number: int, attrs: Mapping[str, Any], config: BitConfig) -> Proposal:
+        return Proposal(config, "ilp" if SEED_CONFIG in attrs else self.name, {TRIAL_TAG: number})
+
+    def _finished(self) -> int:
+        assert self.study is not None
+        return sum(t.state.is_finished() for t in self.study.get_trials(deepcopy=False))
+
+    def _update(self) -> None:
+        """Stop (once, saying why) after `n_trials` finished, or `patience` trials without front progress."""
+        import optuna
+
+        assert self.study is not None
+        if self._stopped:
+            return
+        trials = self.study.get_trials(deepcopy=False)
+        finished = sum(t.state.is_finished() for t in trials)
+        complete = [tuple(t.values) for t in sorted(trials, key=lambda t: t.number)
+                    if t.state == optuna.trial.TrialState.COMPLETE]
+        stale = trailing_stale(complete, (self.tolerance, *[0.0] * (len(self.objectives) - 1)))
+        if finished >= self.n_trials:
+            self.log(f"optuna: {finished} trials finished")
+            self._stopped = True
+        elif self.patience and stale >= self.patience:
+            self.log(f"optuna: the front did not improve in the last {stale} trials; stopping "
+                     f"after {finished} of {self.n_trials}")
+            self._stopped = True
 
     def suggest(self, problem: Problem, trial: optuna.Trial) -> BitConfig:
         """The config trial `trial` proposes (recorded as its user attribute `config`); raises
@@ -191,13 +320,6 @@ class OptunaSolver(Solver):
         over = max(_value(c, lim.metric) / lim.absolute(problem.reference) - 1 for lim in problem.budget.limits)
         trial.set_constraint("budget", over)
         return config
-
-    def _measure(self, problem: Problem, trial: optuna.Trial, config: BitConfig) -> tuple[float, ...]:
-        assert self.evaluate is not None
-        measured = dict(self.evaluate(config))
-        for k, v in measured.items():
-            trial.set_user_attr(f"measured_{k}", float(v))
-        return self.objective_values(problem, config, measured)
 
     def objective_values(self, problem: Problem, config: BitConfig, measured: Mapping[str, float]) -> tuple[float, ...]:
         """The trial's objective values from its measurements (NaN ones when a value is not finite:

@@ -15,6 +15,7 @@ limit is exceeded. Every solver calls it on every config it returns.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from quant.scores import Scores
 
 LINEAR_METRICS = ("wbits", "bops", "latency")  # step-accrued: linear in the (unit, group) choice
 HELD_METRICS = ("size", "memory")  # depend on the distinct weight bits a unit keeps
+DEGRADATION_LIMIT = "max_degradation."  # prefix naming a cap on predicted degradation as a limit
 
 PinValue = Bits | str | Sequence[Bits | str]
 Plan = tuple[Bits, ...]  # one unit's bits in each timestep group
@@ -445,6 +447,49 @@ class Problem:
         if lim is not None and lim.relative:
             return value / Limit(metric, 1.0, relative=True).absolute(self.reference)
         return value
+
+    # ---- feasibility ------------------------------------------------------------------------------
+    def diagnose(self, backend: str = "auto", threads: int | None = None) -> InfeasibleBudget:
+        """The InfeasibleBudget error for an infeasible problem: the first limit no allowed config meets
+        alone, else the first limit that cannot be met together with the others. The smallest reachable
+        values are exact minima, found with the ILP (`backend`, `threads`: see solvers.ilp)."""
+        # the ILP imports this module: a service of the problem, computed there
+        from solvers.ilp import smallest
+
+        names = [lim.metric for lim in self.budget.limits] + [f"{DEGRADATION_LIMIT}{m}" for m in self.max_degradation]
+        for others in (False, True):
+            for name in names:
+                low = smallest(self, name, others, backend, threads)
+                cap = (self.max_degradation[name[len(DEGRADATION_LIMIT):]] if name.startswith(DEGRADATION_LIMIT)
+                       else self.caps[name])
+                if low is None or low > cap * (1 + 1e-9):
+                    return self._infeasible(name, cap, low, others)
+        return InfeasibleBudget(  # every limit is reachable with the others: the structure itself is infeasible
+            "no configuration satisfies the pins, ties and switch limits together; loosen them", "", math.nan, math.nan)
+
+    def _infeasible(self, name: str, cap: float, low: float | None, others: bool) -> InfeasibleBudget:
+        given = "given the other limits" if others else "with these candidates, pins, ties and switch limits"
+        if low is None:
+            return InfeasibleBudget(f"limit {name} cannot be met {given}; loosen the other limits", name,
+                                    self.in_user_units(name, cap), math.nan)
+        user_cap, user_low = self.in_user_units(name, cap), self.in_user_units(name, low)
+        lim = next((x for x in self.budget.limits if x.metric == name), None)
+        suffix = "x" if lim is not None and lim.relative else ""
+        shown = _round_up(user_low)
+        return InfeasibleBudget(
+            f"budget {name}={user_cap:.6g}{suffix} is infeasible: the smallest {name} any allowed "
+            f"configuration reaches {given} is {shown}{suffix}; raise the limit to at least {shown}{suffix}"
+            + ("" if others else " or allow lower bits"),
+            name, user_cap, user_low,
+        )
+
+
+def _round_up(value: float, digits: int = 6) -> str:
+    """`value` shown with `digits` significant digits, rounded up so the shown number is feasible."""
+    if value <= 0:
+        return f"{value:.{digits}g}"
+    step = 10 ** (math.floor(math.log10(value)) - digits + 1)
+    return f"{math.ceil(value / step - 1e-9) * step:.{digits}g}"
 
 
 def remap_scores(scores: Scores, groups: TimestepGroups) -> Scores:

@@ -15,8 +15,8 @@ import pytest
 from quant.config import BitConfig
 from quant.cost import costs
 from search.executors import LocalExecutor
-from search.optuna_rounds import CANDIDATE_ATTR, optuna_study_name
 from search.study import Study, StudySpec
+from solvers.optuna_search import CANDIDATE_ATTR, optuna_study_name
 from storage import CandidateState
 
 SPEC = StudySpec(budget=("wbits=4.5",), solver="optuna", timestep_groups=2, num_steps=8, trials=6, eval_samples=4,

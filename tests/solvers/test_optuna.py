@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -9,6 +9,7 @@ import pytest
 from quant.config import BitConfig, TimestepGroups
 from quant.layers import Layer
 from solvers import get_solver, ilp
+from solvers.base import Measurement, drive
 from solvers.optuna_search import OptunaSolver
 from solvers.problem import Problem
 from tests.solvers.conftest import BITS, make_scores
@@ -16,12 +17,12 @@ from tests.solvers.conftest import BITS, make_scores
 GROUPS3 = TimestepGroups.uniform(12, 3)
 
 
-def synthetic(problem: Problem) -> object:
+def synthetic(problem: Problem) -> Callable[[BitConfig], Measurement]:
     """A cheap deterministic 'measurement': the predicted objective plus a fixed per-config wobble."""
-    def evaluate(config: BitConfig) -> Mapping[str, float]:
+    def evaluate(config: BitConfig) -> Measurement:
         wobble = (hash(config.to_json()) % 1000) / 1e5
-        return {"degradation": problem.predicted(config)["objective"] * (1 + wobble)} if config.groups == problem.groups \
-            else {"degradation": sum(1.0 for _ in config.rules)}
+        return Measurement({"degradation": problem.predicted(config)["objective"] * (1 + wobble)}) \
+            if config.groups == problem.groups else Measurement({"degradation": sum(1.0 for _ in config.rules)})
     return evaluate
 
 
@@ -32,9 +33,11 @@ def problem(layers: list[Layer]) -> Problem:
 
 @pytest.mark.parametrize("space", ["knobs", "direct"])
 def test_first_trials_are_the_ilp_sweep(problem: Problem, space: str, tmp_path: Path) -> None:
-    solver = OptunaSolver(evaluate=synthetic(problem), n_trials=6, space=space, seed=0, seed_points=3,
+    solver = OptunaSolver(n_trials=6, space=space, seed=0, seed_points=3,
                           threads=1, storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s")
-    study = solver.study(problem)
+    drive(solver, problem, synthetic(problem))
+    study = solver.study
+    assert study is not None
     front = ilp.sweep(problem, [0.3 * s for s in (0.5, 0.75, 1.0)], threads=1)
     seeded = [BitConfig.from_dict(t.user_attrs["config"]) for t in study.trials[:3]]
     assert [c.to_dict() for c in seeded] == [pt.config.to_dict() for pt in front]
@@ -46,12 +49,13 @@ def test_first_trials_are_the_ilp_sweep(problem: Problem, space: str, tmp_path: 
 def test_knob_trials_stay_within_budget_and_failures_never_reach_the_front(problem: Problem) -> None:
     calls = []
 
-    def evaluate(config: BitConfig) -> Mapping[str, float]:
+    def evaluate(config: BitConfig) -> Measurement:
         calls.append(config)
-        return {"degradation": math.nan if len(calls) == 2 else float(len(calls))}
+        return Measurement({"degradation": math.nan if len(calls) == 2 else float(len(calls))})
 
-    solver = get_solver("optuna", evaluate=evaluate, n_trials=5, seed=1, seed_points=2, threads=1, sampler="tpe")
-    study = solver.study(problem)  # type: ignore[attr-defined]
+    solver = get_solver("optuna", n_trials=5, seed=1, seed_points=2, threads=1, sampler="tpe")
+    drive(solver, problem, evaluate)
+    study = solver.study  # type: ignore[attr-defined]
     assert study.trials[1].state.name == "FAIL"
     assert all(t.number != 1 for t in study.best_trials)
     for c in calls:
@@ -62,6 +66,4 @@ def test_direct_space_is_for_small_models_only(problem: Problem) -> None:
     big = [Layer(f"l{i}", "linear", (8, 8), 64, 64) for i in range(65)]
     p = Problem(big, GROUPS3, make_scores(big, groups=GROUPS3), "wbits=6", candidates=BITS)
     with pytest.raises(ValueError, match="at most 64 layers"):
-        OptunaSolver(evaluate=synthetic(p), space="direct").study(p)
-    with pytest.raises(ValueError, match="pass evaluate"):
-        OptunaSolver().study(p)
+        drive(OptunaSolver(space="direct"), p, synthetic(p))
