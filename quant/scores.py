@@ -9,7 +9,7 @@ Full precision (W16A16) has degradation 0 implicitly and need not be stored.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
 
@@ -120,6 +120,30 @@ class Scores:
                 out[(parts[0], int(parts[1]), Bits.parse(parts[2]))] = v
             return out
 
+        return cls._decoded(d, dec)
+
+    # ---- as rows of plain numbers: what storage keeps, one row per (fqn, group, w_bits, a_bits) -----
+    def to_table(self) -> dict[str, Any]:
+        """The keywords of `storage.Storage.put_scores`: bits as two integers, groups as their JSON."""
+
+        def enc(m: Mapping[ScoreKey, float]) -> dict[tuple[str, int, int, int], float]:
+            return {(fqn, g, b.w, b.a): v for (fqn, g, b), v in m.items()}
+
+        return {"estimator": self.estimator, "metric": self.metric, "timestep_groups": self.groups.to_dict(),
+                "values": enc(self.values), "stderr": None if self.stderr is None else enc(self.stderr)}
+
+    @classmethod
+    def from_table(cls, d: Mapping[str, Any]) -> Scores:
+        """Scores from `to_table()`'s form (what `Storage.get_scores` hands back)."""
+
+        def dec(m: Mapping[tuple[str, int, int, int], float]) -> dict[ScoreKey, float]:
+            return {(fqn, int(g), Bits(int(w), int(a))): v for (fqn, g, w, a), v in m.items()}
+
+        return cls._decoded(d, dec)
+
+    @classmethod
+    def _decoded(cls, d: Mapping[str, Any], dec: Callable[[Any], dict[ScoreKey, float]]) -> Scores:
+        """Either form with its keys decoded by `dec`: the fields around the scores are the same in both."""
         return cls(
             estimator=str(d["estimator"]),
             metric=cast(Metric, d["metric"]),

@@ -5,9 +5,11 @@
     st.create_study("sdxl-w4", {"version": 1, ...})
     st.add_candidate("sdxl-w4", bit_config.to_dict(), "ilp")
     c = st.claim("sdxl-w4", owner="host:pid:uuid")  # None when nothing is waiting
-    st.complete(c.id, "host:pid:uuid", metrics={...}, backend="int8", machine="host", run_labels={...})
+    st.complete(c.id, "host:pid:uuid", metrics={...}, backend="int8", machine="host", run_labels={...},
+                layers_simulated=0, measured=True)     # the caller decides (quant.backends.base.measurement)
 
-Depends on nothing else of ours: configs, scores and layers come in as plain dicts/JSON.
+Depends on nothing else of ours and knows none of our vocabularies: configs, scores and layers come in
+as plain dicts, JSON and numbers; origins and run labels are free text that search validates.
 """
 
 from storage.db import DEFAULT_URL, Database, is_transient, normalize_url
@@ -20,7 +22,7 @@ from storage.errors import (
     StudyNotFoundError,
 )
 from storage.migrate import database_revision, head_revision, upgrade, upgrade_command
-from storage.models import CandidateState, Origin, StudyState
+from storage.models import CandidateState, StudyState
 from storage.repository import (
     ArtifactInfo,
     CandidateInfo,
@@ -33,7 +35,7 @@ from storage.repository import (
 
 __all__ = [
     "DEFAULT_URL", "ArtifactInfo", "CandidateInfo", "CandidateNotFoundError", "CandidateState", "Database",
-    "DuplicateStudyError", "EvaluationInfo", "LeaseLostError", "Origin", "Reclaimed", "SchemaVersionError",
+    "DuplicateStudyError", "EvaluationInfo", "LeaseLostError", "Reclaimed", "SchemaVersionError",
     "Storage", "StorageError", "StudyInfo", "StudyNotFoundError", "StudyState", "config_hash",
     "database_revision", "head_revision", "is_transient", "normalize_url", "upgrade", "upgrade_command",
 ]

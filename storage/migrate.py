@@ -20,7 +20,7 @@ from sqlalchemy import Connection, func, inspect, select
 from sqlalchemy.exc import DBAPIError
 
 from storage.db import Database, display_url, normalize_url
-from storage.errors import DatabaseOpenError, SchemaVersionError
+from storage.errors import DatabaseOpenError, SchemaVersionError, StorageError
 from storage.models import VERSION_TABLE, Base
 
 if TYPE_CHECKING:
@@ -165,17 +165,45 @@ def upgrade(url: str | URL | None = None, revision: str = "head") -> tuple[tuple
     Returns the revisions before and after."""
     db = Database(url)
     try:
-        with _opening(db), db.session_scope() as session:
-            conn = session.connection()
+        with _opening(db), db.engine.connect() as conn, _foreign_keys_off(conn), conn.begin():
             _lock(conn)
             before = current_revisions(conn)
             if not before and _has_our_tables(conn):
                 check_schema(conn, db.url)  # raises the "not created by bitsearch" error
             _run_upgrade(conn, revision)
+            _check_foreign_keys(conn)
             after = current_revisions(conn)
         return before, after
     finally:
         db.dispose()
+
+
+@contextmanager
+def _foreign_keys_off(conn: Connection) -> Iterator[None]:
+    """SQLite without foreign key enforcement while migrations run. Batch mode copies a table and drops
+    the original, and with enforcement on that DROP deletes the rows of every table that references it
+    with ON DELETE CASCADE (altering `bitsearch_candidates` would empty `bitsearch_evaluations`). The
+    pragma is a no-op inside a transaction, so it is set on the driver's connection before ours begins
+    (the same way storage/db.py sets it on connect)."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    raw.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA foreign_keys=ON")
+
+
+def _check_foreign_keys(conn: Connection) -> None:
+    """With enforcement off (above), what a migration left dangling is found here, before it commits."""
+    if conn.dialect.name == "sqlite":
+        dangling = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+        if dangling:
+            raise StorageError(f"the migration left rows referencing missing rows ({dangling[:3]}); "
+                               "nothing was changed")
 
 
 def database_revision(url: str | URL | None = None) -> tuple[str, ...]:

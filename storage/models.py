@@ -82,16 +82,6 @@ class CandidateState(str, enum.Enum):
         return self in (CandidateState.COMPLETE, CandidateState.FAILED, CandidateState.INVALID)
 
 
-class Origin(str, enum.Enum):
-    """Who proposed a candidate."""
-
-    ILP = "ilp"
-    OPTUNA = "optuna"
-    GREEDY = "greedy"
-    IMPORT = "import"
-    UNIFORM = "uniform"
-
-
 def _in(column: str, values: type[enum.Enum]) -> str:
     # Check constraints instead of native enums: adding a value later is a one-line migration on
     # both backends, with no ALTER TYPE on PostgreSQL.
@@ -196,7 +186,6 @@ class Candidate(Base):
     __table_args__ = (
         UniqueConstraint("study_id", "config_hash", name="uq_candidate_hash"),
         CheckConstraint(_in("state", CandidateState), name="ck_candidate_state"),
-        CheckConstraint(_in("origin", Origin), name="ck_candidate_origin"),
         # the claim query: first WAITING candidate of a study by priority
         Index("ix_candidate_claim", "study_id", "state", "priority", "id"),
     )
@@ -205,7 +194,9 @@ class Candidate(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey(Study.id, ondelete="CASCADE"))
     config: Mapped[dict[str, Any]]
     config_hash: Mapped[str] = mapped_column(String(64))
-    origin: Mapped[str] = mapped_column(String(16))
+    # who proposed it: a solver's name or another source (search/origins.py); free text that search
+    # validates, so that registering a solver needs no migration
+    origin: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16), default=CandidateState.WAITING.value)
     priority: Mapped[int] = mapped_column(default=0)
     fidelity: Mapped[str] = mapped_column(String(32), default="full")
@@ -234,7 +225,7 @@ class Evaluation(Base):
     metrics: Mapped[dict[str, Any]]
     latency_s: Mapped[float | None] = mapped_column(Float)
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    # how each layer really ran: {"int8-kernel": 40, "simulated": 2, ...}
+    # layers per run label, in the backends' vocabulary (opaque here); the caller counts the simulated ones
     run_labels: Mapped[dict[str, Any]]
     layers_real: Mapped[int]
     layers_simulated: Mapped[int]

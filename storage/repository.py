@@ -1,6 +1,9 @@
 """The storage API that search/ (coordinator, workers, CLI) uses. Plain dicts and JSON in, frozen
 records out: callers never hold ORM objects or sessions, and nothing here imports our other
-packages (BitConfig.to_dict(), Scores.to_dict() and dataclasses.asdict(Layer) are what come in).
+packages and knows none of their vocabularies: configs and specs are opaque versioned JSON, score sets
+and latency tables are rows of plain numbers, origins and run labels are free text (the callers in
+search/ encode and decode with the codecs beside the types, e.g. Scores.to_table, and validate names
+against the registries).
 
 Candidate life cycle:
 
@@ -21,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -48,7 +50,6 @@ from storage.models import (
     Evaluation,
     LatencyEntry,
     LayerRow,
-    Origin,
     ScoreSet,
     SensitivityScore,
     Study,
@@ -56,11 +57,8 @@ from storage.models import (
     utcnow,
 )
 
-SCORES_FORMAT = "bitsearch.scores"
-SCORES_VERSION = 1
-SIMULATED = "simulated"  # the run label of a fake-quant layer; every other label ran for real
-FAKE_BACKEND = "fake"  # the reference simulation: its runs are never measured, whatever their labels
-_BITS = re.compile(r"^W(\d+)A(\d+)$")
+ORIGIN_CHARS = 64  # the column's width
+ScoreKey = tuple[str, int, int, int]  # (fqn, timestep group, w_bits, a_bits)
 
 WAITING, RUNNING = CandidateState.WAITING.value, CandidateState.RUNNING.value
 COMPLETE, FAILED, INVALID = CandidateState.COMPLETE.value, CandidateState.FAILED.value, CandidateState.INVALID.value
@@ -91,7 +89,7 @@ class CandidateInfo:
     study_id: int
     config: dict[str, Any]
     config_hash: str
-    origin: Origin
+    origin: str
     state: CandidateState
     priority: int
     fidelity: str
@@ -123,7 +121,7 @@ class EvaluationInfo:
     duration_s: float | None
     created_at: datetime
     config: dict[str, Any]  # the candidate's, so a Pareto query needs no second lookup
-    origin: Origin
+    origin: str
 
 
 @dataclass(frozen=True)
@@ -155,7 +153,7 @@ def _study_info(r: Study) -> StudyInfo:
 
 def _candidate_info(r: Candidate) -> CandidateInfo:
     return CandidateInfo(
-        r.id, r.study_id, r.config, r.config_hash, Origin(r.origin), CandidateState(r.state), r.priority,
+        r.id, r.study_id, r.config, r.config_hash, r.origin, CandidateState(r.state), r.priority,
         r.fidelity, r.meta, r.lease_owner, r.heartbeat_at, r.attempts, r.reason, r.created_at, r.updated_at,
     )
 
@@ -164,7 +162,7 @@ def _evaluation_info(e: Evaluation, config: dict[str, Any], origin: str) -> Eval
     return EvaluationInfo(
         e.id, e.candidate_id, e.study_id, e.fidelity, e.metrics, e.latency_s, e.peak_memory_bytes,
         e.run_labels, e.layers_real, e.layers_simulated, e.backend, e.machine, e.measured, e.worker,
-        e.duration_s, e.created_at, config, Origin(origin),
+        e.duration_s, e.created_at, config, origin,
     )
 
 
@@ -199,11 +197,19 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _bits(text: str) -> tuple[int, int]:
-    m = _BITS.match(text)
-    if not m:
-        raise ValueError(f"bits {text!r} are not of the form 'W4A8'")
-    return int(m.group(1)), int(m.group(2))
+def _text(value: str, what: str, limit: int) -> str:
+    """A free-text name as stored: 1-`limit` characters without control characters (PostgreSQL refuses
+    NUL in text, and a newline would forge lines of CLI output)."""
+    if not isinstance(value, str) or not 0 < len(value) <= limit or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{what} {value!r} must be 1-{limit} characters without control characters")
+    return value
+
+
+def _finite(value: Any, what: str) -> float:
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{what} is {value!r}; must be finite")
+    return v
 
 
 def _insert(session: Session, table: Any) -> Any:
@@ -429,28 +435,28 @@ class Storage:
         return self._db.run(fn, readonly=True)
 
     # ---- sensitivity scores -------------------------------------------------------------------
-    def put_scores(self, study: str, scores: Mapping[str, Any], *, params: Mapping[str, Any] | None = None) -> None:
-        """Store one estimator's scores (`Scores.to_dict()`), replacing any earlier set of the same
-        estimator and metric. `params`: what the scores depend on (calibration prompts, samples,
-        seed), so the caller can tell whether the cache still applies."""
-        if scores.get("format") != SCORES_FORMAT or scores.get("version") != SCORES_VERSION:
-            raise ValueError(
-                f"scores must be Scores.to_dict() output ({SCORES_FORMAT} version {SCORES_VERSION}); got "
-                f"format {scores.get('format')!r} version {scores.get('version')!r}"
-            )
-        stderr = scores.get("stderr") or {}
+    def put_scores(
+        self, study: str, *, estimator: str, metric: str, timestep_groups: Mapping[str, Any],
+        values: Mapping[ScoreKey, float], stderr: Mapping[ScoreKey, float] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Store one estimator's scores of one metric (the keywords `Scores.to_table()` gives), replacing
+        any earlier set of the same estimator and metric. `values` and `stderr` are keyed (fqn, timestep
+        group, w_bits, a_bits); `timestep_groups` is opaque JSON handed back as it came. `params`: what
+        the scores depend on (calibration prompts, samples, seed), so the caller can tell whether the
+        cache still applies."""
+        errs = dict(stderr or {})
+        if set(errs) - set(values):
+            raise ValueError(f"stderr for {sorted(set(errs) - set(values))[0]!r}, which has no score")
         entries = []
-        for key, value in scores["values"].items():
-            fqn, group, bits = key.rsplit("|", 2)
-            w, a = _bits(bits)
-            v, e = float(value), stderr.get(key)
-            if not math.isfinite(v) or (e is not None and not math.isfinite(float(e))):
-                raise ValueError(f"score {key!r} is {value!r} (stderr {e!r}); scores must be finite")
-            entries.append({"fqn": fqn, "timestep_group": int(group), "w_bits": w, "a_bits": a,
-                            "value": v, "stderr": None if e is None else float(e)})
-        groups = _json(scores["timestep_groups"], "timestep_groups")
+        for key, value in values.items():
+            fqn, group, w, a = key
+            e = errs.get(key)
+            entries.append({"fqn": str(fqn), "timestep_group": int(group), "w_bits": int(w), "a_bits": int(a),
+                            "value": _finite(value, f"score {key!r}"),
+                            "stderr": None if e is None else _finite(e, f"stderr of score {key!r}")})
+        groups = _json(dict(timestep_groups), "timestep_groups")
         extra = _json(dict(params or {}), "score params")
-        estimator, metric = str(scores["estimator"]), str(scores["metric"])
 
         def fn(s: Session) -> None:
             sid = self._study(s, study).id
@@ -468,7 +474,8 @@ class Storage:
         self._db.run(fn)
 
     def get_scores(self, study: str, estimator: str, metric: str) -> dict[str, Any] | None:
-        """`Scores.from_dict()` input for that estimator and metric, or None if none are stored."""
+        """That estimator's scores of that metric as put_scores took them (`Scores.from_table()` input:
+        estimator, metric, timestep_groups, values, stderr or None), or None if none are stored."""
 
         def fn(s: Session) -> dict[str, Any] | None:
             sid = self._study(s, study).id
@@ -477,19 +484,16 @@ class Storage:
             )).one_or_none()
             if row is None:
                 return None
-            values: dict[str, float] = {}
-            errs: dict[str, float] = {}
+            values: dict[ScoreKey, float] = {}
+            errs: dict[ScoreKey, float] = {}
             q = select(SensitivityScore).where(SensitivityScore.score_set_id == row.id).order_by(SensitivityScore.id)
             for r in s.scalars(q):
-                key = f"{r.fqn}|{r.timestep_group}|W{r.w_bits}A{r.a_bits}"
+                key = (r.fqn, r.timestep_group, r.w_bits, r.a_bits)
                 values[key] = r.value
                 if r.stderr is not None:
                     errs[key] = r.stderr
-            return {
-                "format": SCORES_FORMAT, "version": SCORES_VERSION, "estimator": row.estimator,
-                "metric": row.metric, "timestep_groups": row.timestep_groups, "values": values,
-                "stderr": errs or None,
-            }
+            return {"estimator": row.estimator, "metric": row.metric, "timestep_groups": row.timestep_groups,
+                    "values": values, "stderr": errs or None}
 
         return self._db.run(fn, readonly=True)
 
@@ -511,22 +515,17 @@ class Storage:
 
     # ---- latency tables -----------------------------------------------------------------------
     def put_latency(
-        self, model: str, backend: str, machine: str,
-        table: Mapping[tuple[str, str] | tuple[str, int, int], float],
+        self, model: str, backend: str, machine: str, table: Mapping[tuple[str, int, int], float],
     ) -> None:
-        """Upsert per-layer seconds measured on `machine` with `backend`, keyed (fqn, "W4A8") or
-        (fqn, w_bits, a_bits). `model` identifies the model (e.g. workload name + weights hash)."""
+        """Upsert per-layer seconds measured on `machine` with `backend`, keyed (fqn, w_bits, a_bits).
+        `model` identifies the model (e.g. workload name + weights hash)."""
         rows = []
-        for key, seconds in table.items():
-            if len(key) == 2:
-                w, a = _bits(str(key[1]))
-            else:
-                w, a = int(key[1]), int(key[2])
-            sec = float(seconds)
-            if not math.isfinite(sec) or sec < 0:
-                raise ValueError(f"latency of {key!r} is {seconds!r}; must be finite and >= 0")
-            rows.append({"model": model, "backend": backend, "machine": machine, "fqn": str(key[0]),
-                         "w_bits": w, "a_bits": a, "seconds": sec, "created_at": utcnow()})
+        for (fqn, w, a), seconds in table.items():
+            sec = _finite(seconds, f"latency of {(fqn, w, a)!r}")
+            if sec < 0:
+                raise ValueError(f"latency of {(fqn, w, a)!r} is {seconds!r}; must be >= 0")
+            rows.append({"model": model, "backend": backend, "machine": machine, "fqn": str(fqn),
+                         "w_bits": int(w), "a_bits": int(a), "seconds": sec, "created_at": utcnow()})
 
         def fn(s: Session) -> None:
             for row in rows:
@@ -561,7 +560,7 @@ class Storage:
 
     # ---- candidates ---------------------------------------------------------------------------
     def add_candidate(
-        self, study: str, config: Mapping[str, Any], origin: Origin | str, *, priority: int = 0,
+        self, study: str, config: Mapping[str, Any], origin: str, *, priority: int = 0,
         fidelity: str = "full", meta: Mapping[str, Any] | None = None,
     ) -> tuple[int, bool]:
         """Queue a config (BitConfig.to_dict()) as WAITING. Idempotent by content hash: adding the
@@ -569,11 +568,12 @@ class Storage:
         return self.add_candidates(study, [config], origin, priority=priority, fidelity=fidelity, meta=meta)[0]
 
     def add_candidates(
-        self, study: str, configs: Iterable[Mapping[str, Any]], origin: Origin | str, *, priority: int = 0,
+        self, study: str, configs: Iterable[Mapping[str, Any]], origin: str, *, priority: int = 0,
         fidelity: str = "full", meta: Mapping[str, Any] | None = None,
     ) -> list[tuple[int, bool]]:
-        """add_candidate for many configs in one transaction; (id, created) for each, in order."""
-        origin_value = Origin(origin).value
+        """add_candidate for many configs in one transaction; (id, created) for each, in order. `origin`
+        (who proposed them) is free text here; search checks it names a solver or source it knows."""
+        origin_value = _text(origin, "origin", ORIGIN_CHARS)
         extra = _json(dict(meta or {}), "candidate meta")
         items = []
         for config in configs:
@@ -626,11 +626,11 @@ class Storage:
 
     def list_candidates(
         self, study: str, *, states: Iterable[CandidateState | str] | None = None,
-        origins: Iterable[Origin | str] | None = None,
+        origins: Iterable[str] | None = None,
     ) -> list[CandidateInfo]:
         """Candidates of a study in id order, optionally only those in `states` / from `origins`."""
         state_values = None if states is None else [CandidateState(x).value for x in states]
-        origin_values = None if origins is None else [Origin(x).value for x in origins]
+        origin_values = None if origins is None else list(origins)
 
         def fn(s: Session) -> list[CandidateInfo]:
             q = select(Candidate).where(Candidate.study_id == self._study(s, study).id)
@@ -792,17 +792,19 @@ class Storage:
 
     def complete(
         self, candidate_id: int, owner: str, *, metrics: Mapping[str, float], backend: str, machine: str,
-        run_labels: Mapping[str, int], latency_s: float | None = None, peak_memory_bytes: int | None = None,
-        measured: bool | None = None, duration_s: float | None = None,
+        run_labels: Mapping[str, int], layers_simulated: int = 0, measured: bool = False,
+        latency_s: float | None = None, peak_memory_bytes: int | None = None, duration_s: float | None = None,
     ) -> CandidateState:
         """Record the evaluation of a RUNNING candidate held by `owner` and mark it COMPLETE.
 
-        `run_labels` counts how the layers really ran ({"int8-kernel": 40, "simulated": 2}). An
-        evaluation is `measured` (latency and memory real, not estimated) only with labels, none of
-        them `simulated`, from a backend other than `fake` (the reference simulation); asking for
-        measured=True otherwise is an error, and measured=None decides by that rule. A NaN/inf
-        metric, latency or memory marks the candidate FAILED instead (returned), and no evaluation
-        is stored: it can never reach a front. LeaseLostError if `owner` lost the lease."""
+        `run_labels` counts the layers per label of how they really ran, `layers_simulated` how many
+        of them ran simulated, and `measured` whether latency and memory are real rather than
+        estimated: the caller decides all three (what the labels mean and which backends simulate is
+        quant's vocabulary, quant.backends.base.measurement); left out, a run counts as estimated.
+        Storage only refuses what contradicts itself: measured=True with a simulated layer or with no
+        layer at all. A NaN/inf metric,
+        latency or memory marks the candidate FAILED instead (returned), and no evaluation is stored:
+        it can never reach a front. LeaseLostError if `owner` lost the lease."""
         metric_values: dict[str, float] = {}
         for name, value in metrics.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -813,13 +815,16 @@ class Storage:
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
                 raise TypeError(f"run label count {label!r}: {n!r} is not a count of layers")
             labels[str(label)] = n
-        simulated = labels.get(SIMULATED, 0)
-        real = sum(labels.values()) - simulated
-        why_not = (f"{simulated} layers ran simulated" if simulated else
-                   "no run labels say how the layers ran" if not labels else
-                   f"backend {backend!r} simulates every layer" if backend == FAKE_BACKEND else None)
-        if measured and why_not:
-            raise ValueError(f"{why_not}; latency and memory cannot be reported as measured")
+        total = sum(labels.values())
+        counted = not isinstance(layers_simulated, bool) and isinstance(layers_simulated, int)
+        if not counted or not 0 <= layers_simulated <= total:
+            raise ValueError(f"layers_simulated = {layers_simulated!r} is not a count within the {total} "
+                             "layers the run labels count")
+        # the generic half of the rule, in this table's own terms (the rest is the caller's)
+        contradiction = (f"{layers_simulated} layers ran simulated" if layers_simulated else
+                         "no run labels say how the layers ran" if not labels else None)
+        if measured and contradiction:
+            raise ValueError(f"{contradiction}; latency and memory cannot be reported as measured")
         checked = {**metric_values, "latency_s": latency_s, "peak_memory_bytes": peak_memory_bytes}
         bad = [(k, v) for k, v in checked.items() if v is not None and not math.isfinite(float(v))]
 
@@ -834,9 +839,9 @@ class Storage:
             row = self._finish(s, candidate_id, owner, {"state": COMPLETE, "reason": None})
             s.add(Evaluation(
                 candidate_id=candidate_id, study_id=row.study_id, fidelity=row.fidelity, metrics=metric_values,
-                latency_s=latency_s, peak_memory_bytes=peak_memory_bytes, run_labels=labels, layers_real=real,
-                layers_simulated=simulated, backend=backend, machine=machine,
-                measured=why_not is None if measured is None else measured, worker=owner, duration_s=duration_s,
+                latency_s=latency_s, peak_memory_bytes=peak_memory_bytes, run_labels=labels,
+                layers_real=total - layers_simulated, layers_simulated=layers_simulated, backend=backend,
+                machine=machine, measured=measured, worker=owner, duration_s=duration_s,
             ))
             return CandidateState.COMPLETE
 

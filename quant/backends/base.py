@@ -20,7 +20,7 @@ Contract for implementations (checked by `quant.backends.testing` for every regi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -35,6 +35,7 @@ Quantizable = nn.Linear | nn.Conv2d
 
 RunLabel = Literal["int8-kernel", "weight-only-kernel", "dequantize-float", "simulated", "float"]
 REAL_LABELS: tuple[RunLabel, ...] = ("int8-kernel", "weight-only-kernel", "dequantize-float")
+SIMULATED: RunLabel = "simulated"  # the one label whose layer did not run its bits for real
 
 
 @dataclass
@@ -46,6 +47,8 @@ class LayerKernel:
 
 class Backend(ABC):
     name: ClassVar[str]
+    # a reference simulation: none of its runs is measured, even one whose layers all ran as `float`
+    simulates: ClassVar[bool] = False
 
     @abstractmethod
     def supports(self, bits: Bits, kind: LayerKind, group_size: int | None = None) -> bool:
@@ -83,3 +86,34 @@ def float_kernel(module: Quantizable) -> LayerKernel:
     """Run the layer unquantized (W16A16), in the input's dtype."""
     weight = module.weight
     return LayerKernel("float", lambda x, _scale: float_forward(module, x, weight), [weight])
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """How a run may be reported, judged from the labels its layers ran with (see `measurement`)."""
+
+    layers_simulated: int
+    why_not: str | None  # why latency and memory are estimates; None: they were measured
+
+    @property
+    def measured(self) -> bool:
+        return self.why_not is None
+
+    def flag(self, claimed: bool | None = None) -> bool:
+        """The measured flag to record: this rule's verdict, or `claimed` (an evaluator's own word) where
+        the rule allows it; claiming a measurement the run cannot have made is a ValueError."""
+        if claimed and self.why_not:
+            raise ValueError(f"{self.why_not}; latency and memory cannot be reported as measured")
+        return self.measured if claimed is None else claimed
+
+
+def measurement(backend: str, run_labels: Mapping[str, int]) -> Measurement:
+    """Whether a run's latency and memory were measured rather than estimated: only when some layer ran,
+    none ran `simulated`, and the backend is not a simulation (`Backend.simulates`). A backend name not
+    registered in this process (a test's stand-in) is judged by its labels alone."""
+    simulated = int(run_labels.get(SIMULATED, 0))
+    simulates = backend in backend_names() and get_backend(backend).simulates
+    why_not = (f"{simulated} layers ran simulated" if simulated else
+               "no run labels say how the layers ran" if not run_labels else
+               f"backend {backend!r} simulates every layer" if simulates else None)
+    return Measurement(simulated, why_not)

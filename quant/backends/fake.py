@@ -16,6 +16,7 @@ from quant.quantizers import fake_quantize_activation, quantize_weight
 
 @register("fake")
 class FakeBackend(Backend):
+    simulates = True
 
     def supports(self, bits: Bits, kind: LayerKind, group_size: int | None = None) -> bool:
         return True

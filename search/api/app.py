@@ -21,7 +21,8 @@ from quant.config import BitConfig, ConfigError
 from quant.errors import BitsearchError
 from search.api.models import CandidateOut, FrontPointOut, StudyCreate, StudyDetail, StudyOut
 from search.executors.base import Executor, heartbeat_interval, worker_id
-from storage import CandidateState, Origin, Storage, StorageError, StudyInfo, StudyState
+from search.origins import origin_enum
+from storage import CandidateState, Storage, StorageError, StudyInfo, StudyState
 from storage.errors import DuplicateStudyError, StudyNotFoundError
 
 MAX_BODY_BYTES = 64 * 1024
@@ -137,6 +138,8 @@ def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
                           "(e.g. BITSEARCH_TOKEN=$(openssl rand -hex 16))")
     preload_model_code()
     storage = Storage(db_url)
+    # the origin filter's values come from the solver registry (storage keeps origins as free text)
+    Origin: Any = origin_enum()  # noqa: N806
     roots = [Path(r).resolve() for r in model_roots]
     runs: dict[str, threading.Thread] = {}
     runs_lock = threading.Lock()
@@ -321,8 +324,9 @@ def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
     @app.get("/studies/{name}/candidates", dependencies=[Depends(read_auth)], responses=_responses(401, 404, 422))
     def list_candidates(name: str, state: Annotated[list[CandidateState] | None, Query()] = None,
                         origin: Annotated[list[Origin] | None, Query()] = None) -> list[CandidateOut]:
-        cands = storage.list_candidates(name, states=state or None, origins=origin or None)
-        return [CandidateOut(id=c.id, origin=c.origin.value, state=c.state.value, attempts=c.attempts,
+        cands = storage.list_candidates(name, states=state or None,
+                                        origins=None if not origin else [o.value for o in origin])
+        return [CandidateOut(id=c.id, origin=c.origin, state=c.state.value, attempts=c.attempts,
                              reason=c.reason, config=c.config) for c in cands]
 
     @app.get("/studies/{name}/pareto", dependencies=[Depends(read_auth)], responses=_responses(401, 404, 409, 422))

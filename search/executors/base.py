@@ -251,10 +251,15 @@ class Worker:
             elif out.failed is not None:
                 self.storage.fail(cand.id, out.failed, owner=owner)
             else:
+                from quant.backends.base import measurement  # imports torch: only once a result is in
+
+                # how the run may be reported is quant's rule (run labels, simulating backends), not storage's
+                judged = measurement(out.backend, out.run_labels)
                 self.storage.complete(cand.id, owner, metrics=out.metrics, backend=out.backend,
                                       machine=socket.gethostname(), run_labels=out.run_labels,
+                                      layers_simulated=judged.layers_simulated, measured=judged.flag(out.measured),
                                       latency_s=out.latency_s, peak_memory_bytes=out.peak_memory_bytes,
-                                      measured=out.measured, duration_s=out.duration_s)
+                                      duration_s=out.duration_s)
         except LeaseLostError as e:
             # our lease expired (hb.lost tells whether we noticed in time) and someone else owns the
             # candidate now: their result counts, ours is dropped

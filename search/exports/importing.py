@@ -16,6 +16,7 @@ from typing import Any
 
 from quant.config import BitConfig, ConfigError, TimestepGroups
 from search.exports import IMPORT_FORMATS, format_options, formats_taking, import_config
+from search.origins import IMPORT, add_candidates
 from search.study import CHEAP
 
 
@@ -50,7 +51,7 @@ def import_candidates(storage: Any, study: str, files: Sequence[str | Path], fmt
             configs.append(to_groups(config, groups).to_dict())
         except ConfigError as e:
             raise ConfigError(f"{f}: {e}") from None
-    return storage.add_candidates(study, configs, "import", fidelity=CHEAP) if configs else []
+    return add_candidates(storage, study, configs, IMPORT, fidelity=CHEAP) if configs else []
 
 
 def to_groups(config: BitConfig, groups: TimestepGroups) -> BitConfig:
