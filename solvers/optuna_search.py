@@ -192,8 +192,8 @@ class OptunaSolver(Solver):
                 study.set_metric_names([{"degradation": f"-{self.quality}", "cost": primary.metric}.get(o, o)
                                         for o in self.objectives])
         low = ilp.smallest(problem, primary.metric, others=True, backend=self.ilp_backend, threads=self.threads)
-        if low is None:
-            raise problem.diagnose(self.ilp_backend, self.threads)
+        if low is None or low > problem.caps[primary.metric] * (1 + 1e-9):  # no config at all: say why now,
+            raise problem.diagnose(self.ilp_backend, self.threads)  # not after n_trials failed trials
         self._scale_floor = min(1.0, max(self.min_scale, low / problem.caps[primary.metric]))
         self.study, self._problem = study, problem
         if not study.trials:
