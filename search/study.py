@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from quant.budget import Budget
 from quant.config import BitConfig, Bits, ConfigError, TimestepGroups
 from search.executors.base import Evaluator, Executor, Outcome
+from search.origins import UNIFORM, add_candidates
 from solvers.base import Measurement, Proposal, Solver
 
 if TYPE_CHECKING:
@@ -307,11 +308,11 @@ class Study:
             estimator = get_estimator(name, seed=self.spec.seed)
             sets = {s["metric"] for s in self.storage.list_score_sets(self.name) if s["estimator"] == name}
             if sets:
-                out.extend(Scores.from_dict(self.storage.get_scores(self.name, name, m)) for m in sorted(sets))
+                out.extend(Scores.from_table(self.storage.get_scores(self.name, name, m)) for m in sorted(sets))
                 continue
             progress(f"sensitivity: {name} over {len(layers)} layers x {self.spec.timestep_groups} groups")
             scores = estimator.estimate(self.workload, list(layers), list(self.spec.bits), self.spec.groups)
-            self.storage.put_scores(self.name, scores.to_dict())
+            self.storage.put_scores(self.name, **scores.to_table())
             out.append(scores)
         return out
 
@@ -434,8 +435,8 @@ class Study:
 
     def _queue(self, proposals: Sequence[Proposal]) -> list[int]:
         """Candidate ids of `proposals` (added once: two proposals of one config share a candidate)."""
-        return [self.storage.add_candidate(self.name, p.config.to_dict(), p.origin, fidelity=CHEAP,
-                                           meta=dict(p.tag))[0] for p in proposals]
+        return [add_candidates(self.storage, self.name, [p.config.to_dict()], p.origin, fidelity=CHEAP,
+                               meta=dict(p.tag))[0][0] for p in proposals]
 
     def _measurement(self, cid: int) -> Measurement | None:
         """What candidate `cid`'s cheap evaluation measured for the solver (minus QUALITY as its
@@ -452,7 +453,7 @@ class Study:
 
     def _add_baselines(self) -> None:
         uniform = [BitConfig.uniform(self.spec.groups, b).to_dict() for b in self.spec.baselines]
-        self.storage.add_candidates(self.name, uniform, "uniform", fidelity=CHEAP)
+        add_candidates(self.storage, self.name, uniform, UNIFORM, fidelity=CHEAP)
 
     def promote(self, progress: Progress = print, dry_run: bool = False) -> int:
         """Queue the `full` evaluation of every cheaply evaluated candidate that may enter a front (of
@@ -499,6 +500,7 @@ class Study:
         images of `reference()` (batch, generation); `full`, alignment and distribution metrics on
         `full_samples` eval images after those (other seeds). latency_s: CPU seconds per image-step."""
         from quant.apply import VerificationError, quantized
+        from quant.backends.base import measurement
 
         full = cand.fidelity == FULL
         if full:
@@ -528,8 +530,7 @@ class Study:
         except Exception as e:
             family = "alignment/distribution" if full else "quality"
             return Outcome(failed=f"{family} metric failed: {type(e).__name__}: {e}")
-        # measured only on real kernels: the fake backend simulates, and no label means nothing ran
-        measured = self.spec.backend != "fake" and bool(labels) and "simulated" not in labels
+        measured = measurement(self.spec.backend, labels).measured
         return Outcome(metrics=metrics, run_labels=labels, backend=self.spec.backend,
                        latency_s=seconds / (self.spec.num_steps * len(batch.prompts)), measured=measured,
                        duration_s=seconds)
