@@ -15,7 +15,6 @@ from solvers.testing import SolverSuite
 OPTIONS = {"optuna": {"n_trials": 4, "seed": 0, "seed_points": 2, "threads": 1}}
 
 
-
 class TestEveryRegisteredSolver(SolverSuite):
     @pytest.fixture(params=solver_names())
     def make_solver(self, request: pytest.FixtureRequest) -> Callable[[], Solver]:
