@@ -901,9 +901,12 @@ def convert(
     options: dict[str, Any] = {}
     if activations is not None:
         options["activations"] = Path(activations).read_text()
-    if from_fmt == "mixdq":
-        options.update(num_steps=num_steps or 1, protected=protected or "weights-only")
-    elif from_fmt == "step-policy" and num_steps is not None:
+    if protected is not None:
+        options["protected"] = protected
+    takes = format_options(from_fmt, importing=True)
+    if "groups" in takes:  # a format with no steps of its own (mixdq): one step unless told
+        options["num_steps"] = num_steps or 1
+    elif "num_steps" in takes and num_steps is not None:  # a step policy rebuilds its spans
         options["num_steps"] = num_steps
     try:
         config = import_config(Path(file).read_text(), from_fmt, layers=list(params) if params else None, **options)
