@@ -4,6 +4,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
@@ -21,11 +22,14 @@ from quant.config import BitConfig, ConfigError
 from quant.errors import BitsearchError
 from search.api.models import CandidateOut, FrontPointOut, StudyCreate, StudyDetail, StudyOut
 from search.executors.base import Executor, heartbeat_interval, worker_id
+from search.exports import FORMATS
 from search.origins import origin_enum
 from storage import CandidateState, Storage, StorageError, StudyInfo, StudyState
 from storage.errors import DuplicateStudyError, StudyNotFoundError
 
 MAX_BODY_BYTES = 64 * 1024
+# every registered export format is served: the names come from the format registry
+FORMAT_PATTERN = "^(" + "|".join(re.escape(f) for f in FORMATS) + ")$"
 MIN_TOKEN_CHARS = 16  # `openssl rand -hex 16` gives 32
 API_OWNER = "api:"  # prefix of the runner id of a study run by an API server (see Storage.acquire_study)
 BUILTIN_MODEL = "builtin"
@@ -377,18 +381,17 @@ def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
     @app.get("/studies/{name}/candidates/{candidate_id}/export", dependencies=[Depends(read_auth)],
              responses=_responses(401, 404, 409, 422))
     def export_candidate(name: str, candidate_id: int,
-                         format: Annotated[str, Query(pattern=r"^(json|yaml|mixdq|torchao|modelopt|step-policy)$")]
-                         = "json",
+                         format: Annotated[str, Query(pattern=FORMAT_PATTERN)] = "json",
                          group: Annotated[int | None, Query(ge=0, le=1000)] = None) -> Response:
-        from search.exports import export
+        from search.exports import PER_LAYER_FORMATS, export, format_options
 
         study = _study(storage, name)
         cand = next((c for c in storage.list_candidates(name) if c.id == candidate_id), None)
         if cand is None:
             raise HTTPException(404, f"study {name!r} has no candidate {candidate_id}")
-        options: dict[str, Any] = {} if group is None or format in ("json", "yaml", "step-policy") else {"group": group}
+        options: dict[str, Any] = {} if group is None or format not in PER_LAYER_FORMATS else {"group": group}
         layers = None
-        if format not in ("json", "yaml"):
+        if "layers" in format_options(format):  # a format that lists the model's layers by name
             if not storage.get_layers(name):
                 raise HTTPException(409, f"study {name!r} has no layer inventory yet; try again later")
             layers = study.layers()
