@@ -16,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -294,15 +295,21 @@ def test_killed_coordinator_then_resume_evaluates_each_candidate_once(tmp_path: 
     assert st is not None
     counts = st.count_candidates("k")
     assert counts[CandidateState.COMPLETE] >= 2 and counts[CandidateState.WAITING] + counts[CandidateState.RUNNING] >= 1, counts
-    interrupted = [c.id for c in st.list_candidates("k", states=[CandidateState.RUNNING])]
+    killed_at = datetime.now(timezone.utc)
+    interrupted = {c.id: (c.fidelity, c.lease_owner) for c in st.list_candidates("k", states=[CandidateState.RUNNING])}
 
     out = subprocess.run(_cli("resume", "k", "--db", db, "--heartbeat-timeout", "1"), cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "finished" in out.stdout
     _exactly_once(st, "k")
-    for cid in interrupted:  # the one being evaluated when the coordinator died ran again
-        assert st.get_candidate(cid).attempts == 2
+    # the one being evaluated when the coordinator died ran again, after the kill, by the resumed run (a
+    # later promotion re-queues it with its attempts counted afresh for the higher fidelity)
+    for cid, (fidelity, killed_owner) in interrupted.items():
+        (ev,) = [e for e in st.get_evaluations(cid) if e.fidelity == fidelity]
+        assert ev.created_at > killed_at and ev.worker != killed_owner
+        cand = st.get_candidate(cid)
+        assert cand.attempts == (2 if cand.fidelity == fidelity else 1), (cand.fidelity, cand.attempts)
     assert st.get_study("k").state.value == "COMPLETE"
 
 
