@@ -92,7 +92,7 @@ class ErrorOut(BaseModel):
     detail: str | list[dict[str, Any]] = Field(description="What went wrong (422 from body validation: field errors).")
 
 
-_WHY = {401: "Missing or invalid bearer token.", 403: "Model path outside the configured model roots.",
+_WHY = {400: "The body is not JSON (e.g. not UTF-8).", 401: "Missing or invalid bearer token.", 403: "Model path outside the configured model roots.",
         404: "No such study, candidate or stored artifact.", 409: "Conflicts with the study's state.",
         413: "Request body too large.", 422: "Invalid input."}
 
@@ -240,7 +240,7 @@ def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
         return {"status": "ok"}
 
     @app.post("/studies", status_code=202, dependencies=[Depends(write_auth)],
-              responses=_responses(401, 403, 409, 413, 422))
+              responses=_responses(400, 401, 403, 409, 413, 422))
     def create_study(body: StudyCreate) -> StudyOut:
         """Create a study and run it in the background on the server's executor."""
         from search.study import Study, StudySpec
