@@ -73,12 +73,12 @@ def test_optuna_study_lives_in_the_same_database_and_is_told_measured_quality(re
     for t in complete:
         cid = t.user_attrs[CANDIDATE_ATTR]
         cand = resumed.storage.get_candidate(cid)
-        assert cand.meta.get("optuna_trial") is not None and cand.origin.value in ("ilp", "optuna")
+        assert cand.meta.get("optuna_trial") is not None and cand.origin in ("ilp", "optuna")
         assert t.values[0] == pytest.approx(-cheap[cid].metrics["psnr_db"])  # the real measurement
         wbits = costs(BitConfig.from_dict(cand.config), layers).avg_weight_bits
         assert t.values[1] == pytest.approx(wbits) and wbits <= 4.5 + 1e-9  # within the budget
     seeds = [t for t in complete if "seed_config" in t.user_attrs]
-    assert seeds and all(resumed.storage.get_candidate(t.user_attrs[CANDIDATE_ATTR]).origin.value == "ilp"
+    assert seeds and all(resumed.storage.get_candidate(t.user_attrs[CANDIDATE_ATTR]).origin == "ilp"
                          for t in seeds)
 
 
