@@ -83,3 +83,17 @@ def pg_url(pg_database: URL) -> Iterator[str]:
         with engine.connect() as conn:
             conn.execute(text(f"DROP SCHEMA IF EXISTS {_quote(pg_database, schema)} CASCADE"))
         engine.dispose()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the test, then as it was: on 2 shared cores a second OpenMP thread next
+    to a busy process ran 50x slower. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

@@ -25,12 +25,7 @@ LAYERS = {"conv_in": "conv", "blocks.1.proj": "linear", "blocks.11.proj": "linea
           "blocks.1.attn.to_k": "linear", "conv_out": "conv"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def multi_group() -> BitConfig:

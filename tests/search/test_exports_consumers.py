@@ -26,12 +26,7 @@ MIXDQ = FIXTURES / "mixdq"
 VIDITQ = FIXTURES / "vidit_q"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- weight_group_size survives every import (issue 11: a mutation dropping it survived) -----------

@@ -20,12 +20,7 @@ KINDS = [pytest.param(k, marks=pytest.mark.skipif(
            f"`python -m workloads.builtin.train --kind {k}`")) for k in ("unet", "dit")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 OpenMP threads next to a busy process ran 50x slower
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _test_split():

@@ -23,12 +23,7 @@ STEPS = 4
 KINDS = ["sd", "sd2", "pixart", "pixart_sigma", "sdxl"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: a second OpenMP thread next to a busy process is far slower
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
