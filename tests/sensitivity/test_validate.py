@@ -20,16 +20,23 @@ BITS = [Bits.parse(b) for b in ("W2A16", "W4A16", "W8A16")]
 
 
 @pytest.fixture(scope="module")
-def measured(workload: TinyWorkload, some_layers: list[str]) -> object:
+def measured_run(workload: TinyWorkload, some_layers: list[str]) -> tuple[object, set[str]]:
+    """The measurements, and the data splits `measure` itself asked for (the shared workload records
+    every split any test uses, so they are read right after the call, whatever order tests run in)."""
     workload.splits_seen.clear()
     m = measure(workload, some_layers, BITS, TimestepGroups.uniform(4, 2), n_single=6, n_mixed=6, n_images=2,
                 budgets=(0.2, 0.5), progress=False)
-    return m
+    return m, set(workload.splits_seen)
 
 
-def test_measure_uses_only_held_out_eval_for_generations(workload: TinyWorkload, measured: object) -> None:
+@pytest.fixture(scope="module")
+def measured(measured_run: tuple[object, set[str]]) -> object:
+    return measured_run[0]
+
+
+def test_measure_uses_only_held_out_eval_for_generations(measured_run: tuple[object, set[str]]) -> None:
     # calibration is used for activation ranges only when activations are quantized (not here)
-    assert set(workload.splits_seen) == {"eval"}
+    assert measured_run[1] == {"eval"}
 
 
 def test_measure_single_and_mixed(measured: object) -> None:
