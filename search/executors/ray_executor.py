@@ -10,6 +10,7 @@ or RUNNING candidate left or the wall-clock budget is spent.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -171,7 +172,10 @@ class RayExecutor(Executor):
                 last = (waiting, running)
             over = deadline is not None and time.time() >= deadline
             if not waiting and not running:
-                break  # idle actors are only between claims: nothing is left to claim
+                # nothing is left to claim; an actor that finished its last candidate may not have
+                # returned yet: collect what it evaluated, else this run's count comes out short
+                done += self._collect(ray, runs)
+                break
             if over and not runs:
                 break
             if over and time.time() > deadline + self.lease_timeout_s:  # type: ignore[operator]
@@ -198,4 +202,16 @@ class RayExecutor(Executor):
                     progress(f"ray: worker {i} failed ({cause}); starting a new one ({restarts}/{self.max_restarts})")
                     ray.kill(self.actors[i])
                     spawn(i)
+        return done
+
+    def _collect(self, ray: Any, runs: dict[Any, int]) -> int:
+        """Evaluations reported by the actors' outstanding runs (each returns once it finds nothing to
+        claim); a run that failed or does not return within a lease timeout counts nothing."""
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+        done = 0
+        for ref in list(runs):
+            with contextlib.suppress(GetTimeoutError, RayActorError, RayTaskError):
+                done += ray.get(ref, timeout=self.lease_timeout_s)
+        runs.clear()
         return done

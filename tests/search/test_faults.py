@@ -338,7 +338,8 @@ class Rendezvous(Evaluator):
 def test_ray_executor_runs_evaluations_on_both_workers(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray", reason="pip install ray to run the ray executor tests")
     _, st = _fake_study(tmp_path, n=6)
-    executor = get_executor("ray", workers=2, threads_per_worker=1, num_cpus=2, lease_timeout_s=10)
+    # a long lease: under load a starved heartbeat must not turn this into a lease-expiry test
+    executor = get_executor("ray", workers=2, threads_per_worker=1, num_cpus=2, lease_timeout_s=120)
     module = sys.modules[__name__]
     ray.cloudpickle.register_pickle_by_value(module)  # the actors cannot import this test module
     try:
@@ -358,7 +359,8 @@ def test_ray_executor_with_two_workers_completes_a_study(prepared: Path, tmp_pat
     except ImportError as e:
         pytest.skip(f"ray is not installed ({e}); pip install ray to run the ray executor test")
     study = _copy(prepared, tmp_path)
-    executor = get_executor("ray", workers=2, threads_per_worker=1, num_cpus=2, lease_timeout_s=10)
+    # a long lease: under load a starved heartbeat must not turn this into a lease-expiry test
+    executor = get_executor("ray", workers=2, threads_per_worker=1, num_cpus=2, lease_timeout_s=120)
     messages: list[str] = []
     study.run(progress=messages.append, executor=executor)
     _exactly_once(study.storage, "p")
