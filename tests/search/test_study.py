@@ -57,8 +57,11 @@ def test_multi_fidelity_promotes_exactly_the_candidates_that_may_enter_the_front
         assert cheap_only
         assert ("prompt_accuracy" in p.metrics and "fcd" in p.metrics) == (p.candidate_id in full)
     evals = {(e.candidate_id, e.fidelity): e for e in study.storage.list_evaluations("t")}
-    # the full evaluation generated its own, larger batch: more CPU time than the cheap one
-    assert all(evals[(c, "full")].duration_s > evals[(c, "cheap")].duration_s for c in full)
+    # the alignment/distribution metrics come from the full evaluation itself, not from the cheap one
+    # (a CPU-time comparison of the two was a timed assertion: it flipped on a loaded machine)
+    for c in full:
+        assert {"prompt_accuracy", "fcd"} <= set(evals[(c, "full")].metrics)
+        assert not {"prompt_accuracy", "fcd"} & set(evals[(c, "cheap")].metrics)
     front = study.pareto(("prompt_accuracy", "wbits"))  # only candidates measured on alignment
     assert front and {p.candidate_id for p in front} <= full
 
