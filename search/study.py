@@ -192,8 +192,12 @@ class Study:
         first, so a bad model or an infeasible budget writes nothing to the database."""
         from quant.layers import inventory
         from storage import Storage
-        from workloads.base import load_workload
+        from workloads.base import check_samples, load_workload
 
+        # each metric's minimum images (FCD: 2), before the model loads: a count the metrics cannot use
+        # would otherwise fail every full evaluation of the study
+        check_samples(spec.model, eval_samples=spec.eval_samples, full_samples=spec.full_samples,
+                      calibration_samples=spec.calibration_samples)
         workload = load_workload(spec.model, num_steps=spec.num_steps)
         st = Storage(db)
         study = cls(name, spec, st)

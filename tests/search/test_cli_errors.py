@@ -47,6 +47,7 @@ CASES = {
     "infinite budget": ["launch", "--name", "x", "--budget", "wbits=1e999", "--db", "{tmp}/b.db"],
     "overflowing budget unit": ["launch", "--name", "x", "--budget", "size=1e307GB", "--db", "{tmp}/b.db"],
     "NaN budget": ["launch", "--name", "x", "--budget", "wbits=nan", "--db", "{tmp}/b.db"],
+    "too few images for a metric": ["launch", "--name", "x", "--full-samples", "1", "--db", "{tmp}/b.db"],
     "NUL in model": ["launch", "--name", "x", "--model", "built\0in", "--db", "{tmp}/b.db"],
     "delete without confirmation": ["delete", "dead", "--db", "{tmp}/b.db"],
     "delete unknown study": ["delete", "nope", "--yes", "--db", "{tmp}/b.db"],
