@@ -39,9 +39,8 @@ from quant.apply import QuantizedModel, apply  # noqa: E402
 from quant.backends.base import get_backend  # noqa: E402
 from quant.calibrate import calibrate_activations  # noqa: E402
 from quant.config import BitConfig, Bits, TimestepGroups  # noqa: E402
-from quant.layers import example_inputs  # noqa: E402
-from quant.models import BUILTIN_CONFIGS  # noqa: E402
 from quant.quantizers import activation_scale, pack, quantize_weight  # noqa: E402
+from workloads.denoisers import BUILTIN_CONFIGS, example_inputs  # noqa: E402
 
 VARIANTS = ("fp32", "bf16", "int8")
 

@@ -37,10 +37,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore")
 
-from quant.budget import Budget  # noqa: E402
 from search.executors import get_executor  # noqa: E402
-from search.study import Study, StudySpec  # noqa: E402
+from search.spec import StudySpec  # noqa: E402
+from search.study import Study  # noqa: E402
 from solvers.pareto import hypervolume  # noqa: E402
+from workloads.metrics import QUALITY  # noqa: E402
 
 HV_FLOOR_DB = 20.0  # PSNR below this adds no hypervolume (uniform W4 lands near 25 dB)
 HELDOUT_IMAGES = 32
@@ -55,9 +56,7 @@ def prepare(path: Path, spec: StudySpec) -> None:
 
     torch.set_num_threads(1)
     s = Study.create("bench", spec, str(path))
-    layers = s.layers(quiet)
-    s.activation_ranges(quiet)
-    s.propose(layers, s.sensitivities(layers, quiet), quiet)
+    s.propose(quiet)
     s.storage.close()
 
 
@@ -68,7 +67,7 @@ def throughput(prepared: Path, workdir: Path, workers: int, rep: int) -> dict[st
     study = Study.load("bench", str(path))
     executor = get_executor("ray", workers=workers, threads_per_worker=1, num_cpus=max(2, workers))
     t0 = time.perf_counter()
-    study.evaluate(study.activation_ranges(quiet), quiet, executor=executor)
+    study.evaluate(quiet, executor=executor)
     wall = time.perf_counter() - t0
     evals = study.storage.list_evaluations("bench")
     steady = (evals[-1].created_at - evals[0].created_at).total_seconds()
@@ -80,15 +79,14 @@ def throughput(prepared: Path, workdir: Path, workers: int, rep: int) -> dict[st
 def heldout_psnr(study: Study, config: dict, n: int) -> float:
     """PSNR of `config` on `n` images whose seeds neither the search (cheap) nor the full evaluation
     used: the best of many noisy measurements is optimistic on the images it was picked on."""
-    from types import SimpleNamespace
-
-    from search.study import CHEAP, QUALITY
+    from quant.config import BitConfig
+    from search.evaluation import CHEAP, measure
 
     wl = study.workload
     batch = wl.batch(n, offset=study.spec.eval_samples + study.spec.full_samples)
     reference = (batch, wl.generate(batch, record_steps=True))
-    outcome = study.measure(SimpleNamespace(config=config, fidelity=CHEAP), study.activation_ranges(quiet),
-                            lambda: reference)  # the study's own cheap measurement, on other seeds
+    outcome = measure(wl, study.spec, BitConfig.from_dict(config), CHEAP, study.cache.activation_ranges(quiet),
+                      lambda: reference)  # the study's own cheap measurement, on other seeds
     return outcome.metrics[QUALITY]
 
 
@@ -96,17 +94,17 @@ def front_summary(study: Study, cap: float, origins: set[str]) -> dict[str, floa
     """Best PSNR under the wbits cap among `origins`, its prompt accuracy, and the hypervolume of
     their (PSNR, wbits) points under the cap above HV_FLOOR_DB."""
     points = [p for p in study.front_points() if p.origin in origins and p.costs["wbits"] <= cap + 1e-9]
-    best = max(points, key=lambda p: p.metrics["psnr_db"])
-    rows = [(HV_FLOOR_DB - p.metrics["psnr_db"], p.costs["wbits"]) for p in points]
+    best = max(points, key=lambda p: p.metrics[QUALITY])
+    rows = [(HV_FLOOR_DB - p.metrics[QUALITY], p.costs["wbits"]) for p in points]
     evals = [e for e in study.storage.list_evaluations(study.name) if e.origin in origins]
     return {"n": len(points), "cheap": sum(e.fidelity == "cheap" for e in evals),
-            "full": sum(e.fidelity == "full" for e in evals), "psnr": best.metrics["psnr_db"],
+            "full": sum(e.fidelity == "full" for e in evals), "psnr": best.metrics[QUALITY],
             "wbits": best.costs["wbits"], "accuracy": best.metrics.get("prompt_accuracy", math.nan),
             "hv": hypervolume(rows, (0.0, cap)), "heldout": heldout_psnr(study, best.config, HELDOUT_IMAGES)}
 
 
 def compare(ilp_db: Path, workdir: Path, spec: StudySpec, optuna_trials: int) -> None:
-    cap = Budget.parse(list(spec.budget)).limits[0].value
+    cap = spec.budget.limits[0].value
     ilp = Study.load("bench", str(ilp_db))
     t0 = time.perf_counter()
     ilp.run(progress=quiet)  # the cheap evaluations are in: this promotes and runs the full ones
@@ -119,7 +117,7 @@ def compare(ilp_db: Path, workdir: Path, spec: StudySpec, optuna_trials: int) ->
     rows = {"uniform": front_summary(ilp, cap, {"uniform"}),
             "ILP only (sweep)": front_summary(ilp, cap, {"ilp"}),
             "optuna (ILP-seeded)": front_summary(tuned, cap, {"ilp", "optuna"})}
-    print(f"\nquality at {spec.budget[0]}: PSNR (dB) to full precision on {spec.eval_samples} held-out images x "
+    print(f"\nquality at {spec.budget}: PSNR (dB) to full precision on {spec.eval_samples} held-out images x "
           f"{spec.num_steps} steps; prompt accuracy on {spec.full_samples} others; int8 kernels, measured")
     print(f"{'method':<22}{'points':>7}{'cheap':>7}{'full':>6}{'best psnr':>11}{'held-out':>10}{'at wbits':>10}"
           f"{'accuracy':>10}{'HV':>8}")

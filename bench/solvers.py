@@ -25,9 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quant.budget import cost_of  # noqa: E402
 from quant.config import BitConfig, Bits, TimestepGroups  # noqa: E402
-from quant.cost import costs  # noqa: E402
+from quant.cost import (
+    cost_of,  # noqa: E402
+    costs,  # noqa: E402
+)
 from quant.layers import Layer  # noqa: E402
 from quant.scores import Scores  # noqa: E402
 from solvers import ilp  # noqa: E402
@@ -39,8 +41,8 @@ GROUPS = TimestepGroups.uniform(20, 4)
 
 
 def sdxl_layers() -> list[Layer]:
-    from quant.layers import example_inputs, inventory
-    from quant.models import load_denoiser
+    from quant.layers import inventory
+    from workloads.denoisers import example_inputs, load_denoiser
 
     model = load_denoiser("sdxl-unet")
     return inventory(model, example_inputs(model))
@@ -75,7 +77,8 @@ def builtin_problem() -> Problem:
     """The built-in UNet with REAL sensitivities: the inventory exactly as a study builds it (one hooked
     forward on the denoiser's captured first-call inputs, so MACs match the sampler's batch), gradient
     scores for BUILTIN_BITS over 3 timestep groups on the calibration split."""
-    from search.study import Study, StudySpec
+    from search.spec import StudySpec
+    from search.study import Study
     from sensitivity.base import get_estimator
 
     spec = StudySpec(model="builtin", timestep_groups=3, bits=tuple(map(str, BUILTIN_BITS)))

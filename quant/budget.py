@@ -12,15 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from quant.config import ConfigError
-from quant.cost import Costs
+from quant.cost import COSTS, Costs, cost_of
 
-METRICS: dict[str, str] = {
-    "wbits": "average weight bits (parameter- and step-weighted)",
-    "size": "packed weight bytes, every distinct precision stored",
-    "memory": "resident weight bytes at run time",
-    "bops": "bit-operations per denoiser forward",
-    "latency": "seconds per denoiser forward (needs a latency table)",
-}
+METRICS = [q.name for q in COSTS]
 _UNITS = {"": 1.0, "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30,
           "ms": 1e-3, "s": 1.0, "g": 1e9, "t": 1e12}
 
@@ -55,6 +49,11 @@ class Limit:
         if unit not in _UNITS:
             raise ConfigError(f"budget {text!r}: unknown unit {unit!r}; use x (relative), MB/GB, ms/s, G/T")
         return cls(metric, value * _UNITS[unit])
+
+    @property
+    def needs_latency_table(self) -> bool:
+        """Only a measured latency table prices this limit (checked once the study has one)."""
+        return self.metric == "latency"
 
     def absolute(self, reference: Costs) -> float:
         return self.value * cost_of(reference, self.metric) if self.relative else self.value
@@ -92,17 +91,3 @@ class Budget:
 
     def __str__(self) -> str:
         return ",".join(str(lim) for lim in self.limits)
-
-
-def cost_of(costs: Costs, metric: str) -> float:
-    """The value of one budget metric in `costs` (raises if it needs a latency table that was not given)."""
-    value = {
-        "wbits": costs.avg_weight_bits,
-        "size": costs.weight_bytes,
-        "memory": costs.resident_weight_bytes,
-        "bops": costs.bops,
-        "latency": costs.latency_s,
-    }[metric]
-    if value is None:
-        raise ConfigError(f"budget on {metric} needs a latency table; build one with the target backend first")
-    return float(value)

@@ -11,8 +11,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from quant.config import HIGH_PRECISION, BitConfig, Bits
+from quant.config import HIGH_PRECISION, BitConfig, Bits, ConfigError
 from quant.layers import Layer
+from quant.quantities import Quantity, declare
 
 SCALE_BYTES = 4  # float32 scale per output channel (or per group)
 FLOAT_BYTES = 2  # a high-precision weight copy is bf16/fp16
@@ -28,6 +29,33 @@ class Costs:
     resident_weight_bytes: int  # bytes held at run time (see `resident_weight_bytes`)
     bops: float  # bit-operations (MACs x w-bits x a-bits) of one denoiser forward, step-averaged
     latency_s: float | None  # seconds per denoiser forward from a latency table, step-averaged
+
+
+# The costs a budget limits and a front shows, by one name each (`size=0.3x`, `--best-under size=5`).
+COSTS = (
+    Quantity("wbits", "bits", False, "average weight bits (parameter- and step-weighted)", proxy=True, cost=True),
+    Quantity("size", "MB", False, "packed weight bytes, every distinct precision stored", cost=True, scale=1e-6),
+    Quantity("memory", "MB", False, "resident weight bytes at run time", cost=True, scale=1e-6),
+    Quantity("bops", "G", False, "bit-operations per denoiser forward", proxy=True, cost=True, scale=1e-9),
+    Quantity("latency", "ms", False, "seconds per denoiser forward, predicted from a latency table", cost=True,
+             scale=1e3),
+)
+declare(*COSTS)
+
+
+def cost_of(costs: Costs, name: str) -> float:
+    """The value of cost `name` in base units (raises if it needs a latency table that was not given)."""
+    value = {"wbits": costs.avg_weight_bits, "size": costs.weight_bytes, "memory": costs.resident_weight_bytes,
+             "bops": costs.bops, "latency": costs.latency_s}[name]
+    if value is None:
+        raise ConfigError(f"budget on {name} needs a latency table; build one with the target backend first")
+    return float(value)
+
+
+def shown_costs(costs: Costs) -> dict[str, float]:
+    """Every cost `costs` has, in the units a front shows them (MB, ms, G)."""
+    return {q.name: cost_of(costs, q.name) * q.scale for q in COSTS
+            if q.name != "latency" or costs.latency_s is not None}
 
 
 def packed_weight_bytes(layer: Layer, w_bits: int, group_size: int | None = None) -> int:

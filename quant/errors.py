@@ -9,7 +9,7 @@ show (a one-line message, a status code); anything else is a bug and keeps its t
     │   ├── UnsupportedBits                 a backend has no kernel for a bit pair on a layer kind
     │   └── InfeasibleBudget (solvers)      no allowed config meets a limit
     ├── ModelLoadError, WorkloadError,      each package's own kinds, defined beside the code that
-    │   EstimatorError (also ValueError)    raises them (quant.models, workloads.base, sensitivity.base)
+    │   EstimatorError (also ValueError)    raises them (workloads.denoisers, workloads.base, sensitivity.base)
     ├── VerificationError, SolverError      a quantized run or a solver did not do what was asked
     │   (also RuntimeError)
     └── StorageError (storage.errors)       the database; its subclasses name not-found / duplicate ...

@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 
 # Format names for help and checks come from the format registries (a light import: no torch).
 from search.exports import FORMATS, IMPORT_FORMATS, PER_LAYER_FORMATS, TWO_FILES
+from search.spec import StudySpec
 
 if TYPE_CHECKING:
     from quant.layers import Layer
@@ -178,8 +179,8 @@ def inspect(
 
         bitsearch inspect --model ./my-sd15-pipeline --resolution 96 --json > layers.json
     """
-    from quant.layers import example_inputs, inventory, totals
-    from quant.models import load_denoiser
+    from quant.layers import inventory, totals
+    from workloads.denoisers import example_inputs, load_denoiser
 
     try:
         denoiser = load_denoiser(model, device="meta")
@@ -296,29 +297,32 @@ def _executor(executor: str | None, workers: int, threads: int, address: str | N
                         lease_timeout_s=heartbeat)
 
 
+def _spec_option(field: str, flag: str, note: str = "") -> Any:  # noqa: ANN401  (typer.Option is typed Any)
+    """A `launch` option for StudySpec field `field`: its help, bounds and default come from the spec."""
+    text, low, high = StudySpec.describe(field)
+    default = StudySpec.default(field)
+    shown = ",".join(default) if isinstance(default, list) else str(default)
+    return typer.Option(flag, help=f"{text}{note}", min=low, max=high, show_default=shown)
+
+
 @app.command()
 def launch(
     name: Annotated[str, typer.Option("--name", help="Unique study name.")],
-    model: Annotated[str, typer.Option("--model", help="'builtin' or a local diffusers pipeline directory.")] = "builtin",
-    budget: Annotated[list[str] | None, typer.Option("--budget", help="Limit like wbits=4.5, size=0.3x, bops=0.25x "
-                                                     "(repeatable).")] = None,
-    estimators: Annotated[str, typer.Option("--estimators", help="Comma-separated sensitivity estimators; per "
-                                            "predicted metric the first one feeds the solver, all are stored and "
-                                            "validated (`bitsearch validate`).")] = "gradient",
-    solver: Annotated[str, typer.Option("--solver", help="ilp (budget sweep), greedy, or optuna (measured "
-                                        "multi-objective search seeded by the ILP, stored in the same database).")] = "ilp",
-    timestep_groups: Annotated[int, typer.Option("--timestep-groups", min=1)] = 3,
-    trials: Annotated[int, typer.Option("--trials", min=1, help="Proposals of the ilp/greedy sweep, or Optuna "
-                                        "trials, to evaluate.")] = 8,
-    patience: Annotated[int, typer.Option("--patience", min=0, help="optuna: stop after this many trials in a row "
-                                          "that did not improve the measured front (0: never).")] = 8,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Sampler steps.")] = 20,
-    eval_samples: Annotated[int, typer.Option("--eval-samples", min=1, help="Images of the cheap evaluation "
-                                              "(fidelity to full precision), for every candidate.")] = 20,
-    full_samples: Annotated[int, typer.Option("--full-samples", min=1, help="Images of the full evaluation "
-                                              "(alignment, distribution), for candidates that may enter the "
-                                              "front.")] = 40,
-    backend: Annotated[str, typer.Option("--backend", help="int8 (real kernels) or fake (simulated).")] = "int8",
+    model: Annotated[str | None, _spec_option("model", "--model")] = None,
+    budget: Annotated[list[str] | None, _spec_option("budget", "--budget", " Repeatable.")] = None,
+    estimators: Annotated[str | None, _spec_option("estimators", "--estimators", " Comma-separated.")] = None,
+    solver: Annotated[str | None, _spec_option("solver", "--solver")] = None,
+    timestep_groups: Annotated[int | None, _spec_option("timestep_groups", "--timestep-groups")] = None,
+    trials: Annotated[int | None, _spec_option("trials", "--trials")] = None,
+    patience: Annotated[int | None, _spec_option("patience", "--patience")] = None,
+    steps: Annotated[int | None, _spec_option("num_steps", "--steps")] = None,
+    bits: Annotated[str | None, _spec_option("bits", "--bits", " Comma-separated.")] = None,
+    baselines: Annotated[str | None, _spec_option("baselines", "--baselines", " Comma-separated.")] = None,
+    eval_samples: Annotated[int | None, _spec_option("eval_samples", "--eval-samples")] = None,
+    full_samples: Annotated[int | None, _spec_option("full_samples", "--full-samples")] = None,
+    calibration_samples: Annotated[int | None, _spec_option("calibration_samples", "--calibration-samples")] = None,
+    seed: Annotated[int | None, _spec_option("seed", "--seed")] = None,
+    backend: Annotated[str | None, _spec_option("backend", "--backend")] = None,
     db: DbOption = None,
     executor: ExecutorOption = None,
     workers: WorkersOption = 1,
@@ -338,13 +342,18 @@ def launch(
         bitsearch launch --name tuned --solver optuna --trials 24   # then: optuna-dashboard sqlite:///bitsearch.db
     """
     from quant.errors import BitsearchError
-    from search.study import Study, StudySpec
+    from search.study import Study
 
-    try:
-        spec = StudySpec(model=model, budget=tuple(budget or ["wbits=4.5"]),
-                         estimators=tuple(e.strip() for e in estimators.split(",") if e.strip()), solver=solver,
-                         timestep_groups=timestep_groups, num_steps=steps, trials=trials, eval_samples=eval_samples,
-                         full_samples=full_samples, patience=patience, backend=backend)
+    def items(text: str | None) -> tuple[str, ...] | None:
+        return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
+
+    given: dict[str, Any] = {"model": model, "budget": None if budget is None else tuple(budget), "estimators": items(estimators),
+             "solver": solver, "timestep_groups": timestep_groups, "num_steps": steps, "trials": trials,
+             "patience": patience, "bits": items(bits), "baselines": items(baselines), "eval_samples": eval_samples,
+             "full_samples": full_samples, "calibration_samples": calibration_samples, "seed": seed,
+             "backend": backend}
+    try:  # options not given take the spec's defaults
+        spec = StudySpec(**{k: v for k, v in given.items() if v is not None})
         runner = _executor(executor, workers, threads_per_worker, ray_address, heartbeat_timeout)
         study = Study.create(name, spec, db)
     except (BitsearchError, ValueError) as e:  # ValueError: solvers' own option checks (not ours yet)
@@ -421,7 +430,9 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")], db: DbOptio
         typer.echo(f"  candidate {c.id} {c.state.value} at the {c.fidelity} evaluation: {c.reason}")
     typer.echo("evaluations (done/queued): " + ", ".join(f"{f} {d}/{q}" for f, (d, q) in
                                                         study.evaluation_counts().items()))
-    validation = study.validation()
+    from search.validation import stored_validation
+
+    validation = stored_validation(study.cache)
     if validation:
         _print_validation(validation)
     note = study.solver(lambda m: None).describe()  # e.g. where the optuna solver keeps its study
@@ -453,7 +464,9 @@ def validate(
 
     study = _load(name, db)
     pin_threads(threads)
-    _print_validation(study.validate(_progress, n_single=single, n_mixed=mixed, n_images=images))
+    from search.validation import validate as measure_validation
+
+    _print_validation(measure_validation(study, _progress, n_single=single, n_mixed=mixed, n_images=images))
 
 
 def _print_validation(results: list[dict[str, Any]]) -> None:
@@ -479,9 +492,9 @@ def _print_validation(results: list[dict[str, Any]]) -> None:
 @app.command()
 def pareto(
     name: Annotated[str, typer.Argument(help="Study name.")],
-    objectives: Annotated[str, typer.Option("--objectives", help="Metrics and costs, comma-separated: e.g. "
-                                            "quality (= psnr_db), ssim, prompt_accuracy; wbits, size_mb, bops_g, "
-                                            "latency_ms.")] = "psnr_db,wbits",
+    objectives: Annotated[str, typer.Option("--objectives", help="Metrics and costs, comma-separated (see "
+                                            "`bitsearch quantities`); quality = the metric studies rank "
+                                            "by.")] = "quality,wbits",
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
     plot: Annotated[str | None, typer.Option("--plot", help="Write a PNG plot of all points and the front.")] = None,
     db: DbOption = None,
@@ -493,22 +506,22 @@ def pareto(
         bitsearch pareto demo --objectives sqnr_db,wbits --format csv --plot front.png
     """
     from quant.config import ConfigError
-    from search.study import objective_name
+    from search.front import objective
 
     if plot:
         _check_output(plot, "--plot")
-    study = _load(name, db, readonly=True)
-    objs = [objective_name(o.strip()) for o in objectives.split(",") if o.strip()]
     if fmt not in ("table", "json", "csv"):
         _fail(f"unknown format {fmt!r}; valid: table, json, csv")
+    study = _load(name, db, readonly=True)
     try:
+        objs = [objective(o.strip()).name for o in objectives.split(",") if o.strip()]
         front = study.pareto(objs)
     except ConfigError as e:
         _fail(e)
     if not front and not study.front_points():
         _fail(f"study {name!r} has no evaluated candidate yet: nothing to rank (`bitsearch status {name}` "
               "shows its progress)")
-    rows = [{"candidate": p.candidate_id, "origin": p.origin, **{o: _value(p, o) for o in objs},
+    rows = [{"candidate": p.candidate_id, "origin": p.origin, **{o: p.value(o) for o in objs},
              "measured": p.measured} for p in front]
     if fmt == "json":
         typer.echo(json.dumps(rows, indent=2))
@@ -522,7 +535,10 @@ def pareto(
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(*(rows[0] if rows else ["candidate"]), title=f"Pareto front of {name} ({', '.join(objs)})")
+        from quant.quantities import quantity
+
+        header = ["candidate", "origin", *(quantity(o).label for o in objs), "measured"]
+        table = Table(*header, title=f"Pareto front of {name} ({', '.join(objs)})")
         for r in rows:
             table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()))
         Console().print(table)
@@ -534,13 +550,36 @@ def pareto(
 
 
 @app.command()
+def quantities() -> None:
+    """List the metrics and costs fronts, objectives and budgets know: unit, direction, and which costs
+    are proxies (average bits and bit-ops stand in for what a target really spends).
+
+    Example:
+
+        bitsearch quantities
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    import quant.cost  # noqa: F401  (declares the costs)
+    import workloads.metrics  # noqa: F401  (declares the built-in workloads' metrics)
+    from quant.quantities import quantities as catalogue
+
+    table = Table("name", "kind", "unit", "better", "proxy", "what it is", title="metrics and costs")
+    for q in catalogue():
+        table.add_row(q.name, "cost" if q.cost else "metric", q.unit, "higher" if q.higher_is_better else "lower",
+                      "proxy" if q.proxy else "", q.description)
+    Console().print(table)
+
+
+@app.command()
 def export(
     name: Annotated[str, typer.Argument(help="Study name.")],
     output: Annotated[str, typer.Option("-o", "--output", help="File to write (.json or .yaml).")],
     candidate: Annotated[int | None, typer.Option("--candidate", help="Candidate id (see `bitsearch pareto`).")] = None,
-    best_under: Annotated[str | None, typer.Option("--best-under", help="Best quality with cost under a limit, e.g. "
-                                                   "wbits=4.5.")] = None,
-    quality: Annotated[str, typer.Option("--quality", help="Metric that decides 'best'.")] = "psnr_db",
+    best_under: Annotated[str | None, typer.Option("--best-under", help="Best quality with a cost under a limit, in "
+                                                   "the units `bitsearch pareto` shows, e.g. wbits=4.5 or size=2.")] = None,
+    quality: Annotated[str, typer.Option("--quality", help="Metric that decides 'best'.")] = "quality",
     fmt: Annotated[str | None, typer.Option("--format", help=f"{', '.join(FORMATS)} (default: json or "
                                             "yaml from the file suffix).")] = None,
     group: Annotated[int | None, typer.Option("--group", help="Timestep group to export to formats with one "
@@ -559,7 +598,8 @@ def export(
     """
     from pathlib import Path
 
-    from quant.config import BitConfig
+    from quant.config import BitConfig, ConfigError
+    from search.front import best_under as best_point
 
     if (candidate is None) == (best_under is None):
         _fail("give exactly one of --candidate ID or --best-under METRIC=VALUE")
@@ -571,15 +611,10 @@ def export(
         if chosen is None:
             _fail(f"study {name} has no evaluated candidate {candidate}; see `bitsearch pareto {name}`")
     else:
-        metric, _, limit = (best_under or "").partition("=")
         try:
-            cap = float(limit)
-        except ValueError:
-            _fail(f"cannot parse --best-under {best_under!r}; write e.g. wbits=4.5")
-        fits = [p for p in points if metric in p.costs and p.costs[metric] <= cap and quality in p.metrics]
-        if not fits:
-            _fail(f"no evaluated candidate has {metric} <= {cap}")
-        chosen = max(fits, key=lambda p: p.metrics[quality])
+            chosen = best_point(points, best_under or "", by=quality)
+        except ConfigError as e:
+            _fail(e)
     config = BitConfig.from_dict(chosen.config)
     kind = fmt or ("yaml" if Path(output).suffix in (".yaml", ".yml") else "json")
     written = _write_export(study, config, kind, output, group)
@@ -635,7 +670,8 @@ def _forget_solver_state(st: Any, name: str, spec: dict[str, Any]) -> None:
     from contextlib import suppress
 
     from quant.config import ConfigError
-    from search.study import Study, StudySpec
+    from search.spec import StudySpec
+    from search.study import Study
 
     with suppress(ConfigError):  # a spec this version cannot read (its solver is gone): nothing to ask it
         Study(name, StudySpec.from_dict(spec), st).solver(lambda m: None).forget()
@@ -746,10 +782,6 @@ def _run(study: Any, executor: Any, threads: int, max_seconds: float | None) -> 
         typer.echo(f"study {study.name} stopped with candidates left; continue with `bitsearch resume {study.name}`")
 
 
-def _value(point: Any, objective: str) -> float:
-    return point.costs[objective] if objective in point.costs else point.metrics[objective]
-
-
 def _plot(study: Any, objs: list[str], front: list[Any], path: str) -> None:
     import matplotlib
 
@@ -761,10 +793,12 @@ def _plot(study: Any, objs: list[str], front: list[Any], path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for origin in sorted({p.origin for p in pts}):
         sel = [p for p in pts if p.origin == origin]
-        ax.scatter([_value(p, cost) for p in sel], [_value(p, quality) for p in sel], label=origin, alpha=0.7)
-    ax.plot([_value(p, cost) for p in front], [_value(p, quality) for p in front], "k--", lw=1, label="Pareto front")
-    ax.set_xlabel(cost)
-    ax.set_ylabel(quality)
+        ax.scatter([p.value(cost) for p in sel], [p.value(quality) for p in sel], label=origin, alpha=0.7)
+    ax.plot([p.value(cost) for p in front], [p.value(quality) for p in front], "k--", lw=1, label="Pareto front")
+    from quant.quantities import quantity
+
+    ax.set_xlabel(quantity(cost).label)
+    ax.set_ylabel(quantity(quality).label)
     ax.set_title(f"{study.name}: measured on {study.spec.backend} kernels")
     ax.legend()
     fig.tight_layout()
@@ -890,8 +924,8 @@ def convert(
             _fail(f"--{option} goes with --from {' or '.join(formats_taking(option, importing=True))} only")
     params: dict[str, int] | None = None
     if model is not None:
-        from quant.layers import example_inputs, inventory
-        from quant.models import load_denoiser
+        from quant.layers import inventory
+        from workloads.denoisers import example_inputs, load_denoiser
 
         try:
             denoiser = load_denoiser(model, device="meta")

@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import io
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from search.front import FrontPoint, chosen_point
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from search.study import Study
 
 SAMPLES_KIND = "samples"
 MAX_SAMPLES = 4
-OBJECTIVES = ("psnr_db", "wbits")  # the front the chosen config is taken from (the page plots it)
 _make_lock = threading.Lock()  # two requests for the same grid in one process make it once
 
 
-def chosen_point(study: Any) -> Any | None:
-    """The best-PSNR point of the (psnr_db, wbits) front, or None before any evaluation finished."""
-    if not study.storage.list_evaluations(study.name):
-        return None
-    front = study.pareto(OBJECTIVES)
-    return max(front, key=lambda p: p.metrics.get("psnr_db", float("-inf")), default=None)
-
-
-def stored_samples(study: Any, chosen: Any) -> bytes | None:
+def stored_samples(study: Study, chosen: FrontPoint) -> bytes | None:
     """The stored grid of `chosen` (a FrontPoint), or None when none was made. Never computes."""
     for art in study.storage.list_artifacts(study.name, kind=SAMPLES_KIND, candidate_id=chosen.candidate_id):
         data: bytes | None = study.storage.get_artifact(art.id).data
@@ -35,11 +34,11 @@ def stored_samples(study: Any, chosen: Any) -> bytes | None:
     return None
 
 
-def make_samples(study: Any, progress: Any = print) -> bytes | None:
+def make_samples(study: Study, progress: Callable[[str], None] = print) -> bytes | None:
     """Make and store the grid of the study's chosen config unless it is stored already; returns it
     (None while no candidate was evaluated). Runs the model: full precision, then quantized."""
     with _make_lock:
-        chosen = chosen_point(study)
+        chosen = chosen_point(study.front_points())
         if chosen is None:
             return None
         stored = stored_samples(study, chosen)
@@ -53,7 +52,7 @@ def make_samples(study: Any, progress: Any = print) -> bytes | None:
         batch = wl.batch(min(MAX_SAMPLES, study.spec.eval_samples))
         reference = wl.generate(batch).images
         with quantized(wl.denoiser, BitConfig.from_dict(chosen.config), study.spec.backend,
-                       study.activation_ranges(progress=lambda _m: None)) as qm:
+                       study.cache.activation_ranges(progress=lambda _m: None)) as qm:
             test = wl.generate(batch, on_step=qm.set_step).images
         png = grid_png([reference, test])
         study.storage.put_artifact(study.name, SAMPLES_KIND, f"samples-{chosen.candidate_id}.png", data=png,
@@ -61,7 +60,7 @@ def make_samples(study: Any, progress: Any = print) -> bytes | None:
         return png
 
 
-def grid_png(rows: list[Any], pad: int = 2) -> bytes:
+def grid_png(rows: list[Tensor], pad: int = 2) -> bytes:
     """Images in [0, 1] of shape (B, C, H, W), one row per tensor, as a PNG."""
     import numpy as np
     from PIL import Image

@@ -154,19 +154,19 @@ def drive(solver: Solver, problem: Problem, measure: Callable[[BitConfig], Measu
     return out
 
 
-_SOLVERS: Registry[Solver] = Registry("solver", "solvers")
-register = _SOLVERS.register
+SOLVERS: Registry[Solver] = Registry("solver", "solvers")
+register = SOLVERS.register
 
 
 def solver_names() -> list[str]:
-    return _SOLVERS.names()
+    return SOLVERS.names()
 
 
 def get_solver(name: str, **kwargs: Any) -> Solver:
     """The solver registered as `name`, constructed with `kwargs` (both checked)."""
-    return _SOLVERS.create(name, **kwargs)
+    return SOLVERS.create(name, **kwargs)
 
 
 def solver_for_search(name: str, settings: SearchSettings) -> Solver:
     """The solver registered as `name`, as a search caller runs it (its `for_search`)."""
-    return cast("type[Solver]", _SOLVERS.lookup(name)).for_search(settings)
+    return cast("type[Solver]", SOLVERS.lookup(name)).for_search(settings)

@@ -32,9 +32,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from quant.budget import Budget, Limit, cost_of
+from quant.budget import Budget, Limit
 from quant.config import BitConfig
-from quant.cost import Costs
+from quant.cost import Costs, cost_of
 from solvers.base import OneShot, SearchSettings, register
 from solvers.problem import DEGRADATION_LIMIT as _DEG
 from solvers.problem import Plan, Problem, SolverError, SolverTimeout

@@ -45,9 +45,9 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from quant.budget import Budget, Limit, cost_of
+from quant.budget import Budget, Limit
 from quant.config import BitConfig, Bits, ConfigError, TimestepGroups
-from quant.cost import Costs
+from quant.cost import Costs, cost_of
 from solvers import ilp
 from solvers.base import Measurement, Proposal, SearchSettings, Solver, register
 from solvers.pareto import trailing_stale

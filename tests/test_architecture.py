@@ -5,6 +5,10 @@ only the packages listed for it here. `storage` and `quant` depend on nothing of
 exception: `storage` may import the leaf module `quant.errors` (imports nothing of ours) so that every
 error shares one base class. An entry is a package or a dotted module. This table is the rule's only
 written form: docs/DESIGN and the README point here.
+
+`quant` also knows no model family: it takes any `nn.Module` and example inputs, and never imports a
+model library (`MODEL_LIBRARIES`). Loading diffusers denoisers, their built-in configs and example
+inputs live in `workloads.denoisers`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "solvers": frozenset({"quant"}),
     "search": frozenset({"quant", "workloads", "sensitivity", "solvers", "storage"}),
 }
+
+# Libraries that define model families; `quant` must import none of them, wherever the import is.
+MODEL_LIBRARIES = frozenset({"diffusers", "transformers"})
 
 
 def imported_modules(source: str, module: str) -> set[tuple[int, str]]:
@@ -118,3 +125,33 @@ def test_the_errors_leaf_imports_nothing_of_ours() -> None:
     # what makes the storage exception safe: quant.errors pulls no other module of ours along
     assert imported_modules((ROOT / "quant" / "errors.py").read_text(), "quant.errors") == set()
 
+
+def model_library_imports(root: Path = ROOT) -> list[str]:
+    """`path:line: name` of every import of a MODEL_LIBRARIES package under quant/, including imports
+    inside functions and under TYPE_CHECKING."""
+    out = []
+    for path in sorted((root / "quant").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            out += [f"{path.relative_to(root)}:{node.lineno}: {name}"
+                    for name in names if name.split(".")[0] in MODEL_LIBRARIES]
+    return out
+
+
+def test_quant_knows_no_model_family() -> None:
+    assert model_library_imports() == []
+
+
+def test_a_model_library_import_in_quant_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "quant" / "backends").mkdir(parents=True)
+    (tmp_path / "quant" / "layers.py").write_text("def f():\n    from diffusers import UNet2DModel\n")
+    (tmp_path / "quant" / "backends" / "x.py").write_text("import torch\nimport transformers.models\n")
+    assert model_library_imports(tmp_path) == [
+        "quant/backends/x.py:2: transformers.models",
+        "quant/layers.py:2: diffusers",
+    ]

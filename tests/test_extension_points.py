@@ -47,13 +47,13 @@ def _ours(cls: type) -> list[type]:
 
 def test_every_error_of_ours_is_a_bitsearch_error() -> None:
     import quant.apply
-    import quant.models
     import sensitivity.base
     import solvers.problem
     import storage.errors
     import workloads.base
+    import workloads.denoisers
 
-    modules = (quant.apply, quant.models, sensitivity.base, solvers.problem, storage.errors, workloads.base)
+    modules = (quant.apply, sensitivity.base, solvers.problem, storage.errors, workloads.base, workloads.denoisers)
     errors = [v for m in modules for v in vars(m).values()
               if isinstance(v, type) and issubclass(v, Exception) and v.__module__.split(".")[0] in
               ("quant", "sensitivity", "solvers", "storage", "workloads", "search")]

@@ -113,6 +113,41 @@ class Workload(ABC):
         return run
 
 
+class _Captured(BitsearchError):
+    """Stops the first denoiser call once its inputs are captured."""
+
+
+def denoiser_inputs(workload: Workload) -> dict[str, object]:
+    """The keyword inputs of the denoiser's first real call in a generation, positional arguments
+    named by the denoiser's signature: the layer inventory and latency tables then see the sampler's
+    own batch, dtype and conditioning, whatever the model family."""
+    import inspect
+
+    captured: list[inspect.BoundArguments] = []
+
+    def grab(module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        captured.append(inspect.signature(module.forward).bind_partial(*args, **kwargs))
+        raise _Captured
+
+    handle = workload.denoiser.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        workload.generate(workload.batch(1, split="calibration"))
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise WorkloadError(f"workload {type(workload).__name__}'s generate() never called its denoiser")
+    inputs: dict[str, object] = {}
+    for name, value in captured[0].arguments.items():
+        kind = captured[0].signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            raise WorkloadError(f"{type(workload.denoiser).__name__}.forward takes *{name}: its inputs cannot be "
+                                "replayed by keyword; give its forward named parameters")
+        inputs.update(value if kind is inspect.Parameter.VAR_KEYWORD else {name: value})
+    return inputs
+
+
 # The built-in workloads' modules are named here, not imported: diffusers takes seconds to import.
 WORKLOADS: Registry[Workload] = Registry("workload", "workloads.builtin.workload", "workloads.diffusers_workload")
 register = WORKLOADS.register

@@ -29,8 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from quant.layers import quantizable_modules
-from quant.models import DENOISER_SUBFOLDERS, ModelLoadError, load_denoiser
 from workloads.base import Batch, Generation, OnStep, Workload, WorkloadError, register, split_batch
+from workloads.denoisers import DENOISER_SUBFOLDERS, ModelLoadError, load_denoiser
 
 # Generic prompts for when the user gives none: varied subjects, styles and compositions, so
 # calibration sees a spread of activations rather than one kind of image.
@@ -212,7 +212,7 @@ def _load_pipeline(path: Path, dtype: torch.dtype | None, device: str) -> Any:
         raise WorkloadError(f"{path}: not a directory; {_EXPECTED}")
     if not (path / "model_index.json").is_file():
         raise WorkloadError(f"{path}: no model_index.json; {_EXPECTED}")
-    # quant.models' checks on the meta device (nothing allocated): the pipeline has a unet/ or
+    # workloads.denoisers' checks on the meta device (nothing allocated): the pipeline has a unet/ or
     # transformer/ component, it builds from its config, and it has layers to quantize. This fails
     # in a second with a precise message instead of after loading gigabytes of text encoders.
     try:

@@ -16,8 +16,24 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from quant.quantities import Quantity, declare
+
 if TYPE_CHECKING:
     from workloads.base import Generation
+
+
+# Every metric a built-in workload returns (workloads with metrics of their own declare them the same way).
+declare(
+    Quantity("psnr_db", "dB", True, "PSNR of the final images to full precision (same seeds)"),
+    Quantity("ssim", "", True, "structural similarity of the final images to full precision"),
+    Quantity("sqnr_db", "dB", True, "SQNR of the per-step denoiser outputs to full precision"),
+    Quantity("prompt_accuracy", "", True, "share of images the shipped classifier reads as their prompt"),
+    Quantity("prompt_probability", "", True, "the classifier's probability of the prompted class"),
+    Quantity("clip_score", "", True, "CLIP-style text-image score (the shipped pair)"),
+    Quantity("clip_score_real", "", True, "CLIPScore with a real CLIP model"),
+    Quantity("fcd", "", False, "Fréchet distance of classifier features to real images"),
+)
+QUALITY = "psnr_db"  # the fidelity metric every workload returns: what promotion and the solvers rank by
 
 
 def sqnr_db(reference: torch.Tensor, test: torch.Tensor) -> float:

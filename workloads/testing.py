@@ -25,7 +25,9 @@ import pytest
 import torch
 from torch import nn
 
+from quant.quantities import quantity
 from workloads.base import Batch, Generation, OnStep, Workload, split_batch
+from workloads.metrics import QUALITY
 
 PROMPTS = ["a zero", "a one", "a two", "a three", "a four", "a five"]
 CONTEXT_DIM = 16
@@ -124,3 +126,13 @@ class WorkloadSuite:
         quality = workload.quality(gen, gen)
         assert quality and all(not math.isnan(v) for v in quality.values())
         assert all(math.isfinite(v) for v in workload.alignment(batch, gen).values())
+
+    def test_metrics_are_declared_and_include_the_quality_metric(
+            self, workload: Workload, generated: tuple[Batch, Generation, list[int]]) -> None:
+        """Fronts and objectives read each metric's direction and unit from the catalogue, and the
+        solvers rank by QUALITY: an undeclared metric could not be ranked."""
+        batch, gen, _ = generated
+        quality = workload.quality(gen, gen)
+        assert QUALITY in quality
+        for name in (*quality, *workload.alignment(batch, gen)):
+            assert not quantity(name).cost, f"metric {name!r} is declared as a cost"

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, 
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -26,6 +26,9 @@ from search.exports import FORMATS
 from search.origins import origin_enum
 from storage import CandidateState, Storage, StorageError, StudyInfo, StudyState
 from storage.errors import DuplicateStudyError, StudyNotFoundError
+
+if TYPE_CHECKING:
+    from search.study import Study
 
 MAX_BODY_BYTES = 64 * 1024
 # every registered export format is served: the names come from the format registry
@@ -243,10 +246,11 @@ def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
               responses=_responses(400, 401, 403, 409, 413, 422))
     def create_study(body: StudyCreate) -> StudyOut:
         """Create a study and run it in the background on the server's executor."""
-        from search.study import Study, StudySpec
+        from dataclasses import replace
 
-        model = _check_model(body.model, roots)
-        spec = StudySpec(**{**body.spec_kwargs(), "model": model})
+        from search.study import Study
+
+        spec = replace(body.spec(), model=_check_model(body.model, roots))
         try:
             storage.get_study(body.name)
             raise HTTPException(409, f"a study named {body.name!r} already exists")
@@ -317,13 +321,15 @@ def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
 
     @app.get("/studies/{name}", dependencies=[Depends(read_auth)], responses=_responses(401, 404, 409, 422))
     def get_study(name: str) -> StudyDetail:
+        from search.validation import stored_validation
+
         info = storage.get_study(name)
         counts = {s.value: n for s, n in storage.count_candidates(name).items()}
         done = sum(n for s, n in counts.items() if CandidateState(s).is_final)
         study = _study(storage, name)
         return StudyDetail(**_study_out(info).model_dump(), candidates=counts, total=sum(counts.values()), done=done,
                            evaluations={f: list(v) for f, v in study.evaluation_counts().items()},
-                           validation=study.validation())
+                           validation=stored_validation(study.cache))
 
     @app.get("/studies/{name}/candidates", dependencies=[Depends(read_auth)], responses=_responses(401, 404, 422))
     def list_candidates(name: str, state: Annotated[list[CandidateState] | None, Query()] = None,
@@ -335,7 +341,7 @@ def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
 
     @app.get("/studies/{name}/pareto", dependencies=[Depends(read_auth)], responses=_responses(401, 404, 409, 422))
     def pareto(name: str, objectives: Annotated[str, Query(pattern=r"^[a-z0-9_]+(,[a-z0-9_]+)+$",
-                                                           max_length=200)] = "psnr_db,wbits") -> list[FrontPointOut]:
+                                                           max_length=200)] = "quality,wbits") -> list[FrontPointOut]:
         study = _study(storage, name)
         if not storage.list_evaluations(name):
             return []
@@ -356,10 +362,11 @@ def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
              responses={200: {"content": {"image/png": {}}}, **_responses(401, 404, 409, 422)})
     def study_samples(name: str) -> Response:
         """Full precision vs the chosen (best-PSNR front) config: the grid the study stored (never made here)."""
-        from search.samples import chosen_point, stored_samples
+        from search.front import chosen_point
+        from search.samples import stored_samples
 
         study = _study(storage, name)
-        chosen = chosen_point(study)
+        chosen = chosen_point(study.front_points())
         if chosen is None:
             raise HTTPException(404, f"study {name!r} has no evaluated candidate yet, so no sample grid")
         png = stored_samples(study, chosen)
@@ -455,15 +462,13 @@ class _NoModel:
                           "model; try again once the study has progressed")
 
 
-def _study(storage: Storage, name: str, read_only: bool = True) -> Any:
+def _study(storage: Storage, name: str, read_only: bool = True) -> "Study":
     """The stored study; `read_only` (every GET) gives it no model, so a read cannot compute."""
-    from search.study import Study, StudySpec
+    from search.spec import StudySpec
+    from search.study import Study
 
-    info = storage.get_study(name)
-    study = Study(name, StudySpec.from_dict(info.spec), storage)
-    if read_only:
-        study._workload = _NoModel(name)
-    return study
+    spec = StudySpec.from_dict(storage.get_study(name).spec)
+    return Study(name, spec, storage, workload=_NoModel(name) if read_only else None)  # type: ignore[arg-type]
 
 
 def _study_out(info: Any) -> StudyOut:

@@ -6,10 +6,16 @@ import json
 from functools import cache
 from html import escape
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from search.samples import OBJECTIVES, chosen_point, stored_samples
+from quant.quantities import quantity
+from search.front import DEFAULT_OBJECTIVES, FrontPoint, chosen_point, pareto
+from search.samples import stored_samples
+from search.validation import stored_validation
+
+if TYPE_CHECKING:
+    from search.study import Study
 
 ORIGIN_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 BIT_COLOURS = {2: "#d73027", 3: "#f46d43", 4: "#fdae61", 5: "#fee08b", 6: "#d9ef8b", 8: "#a6d96a", 16: "#1a9850"}
@@ -24,51 +30,54 @@ def plotly_js() -> bytes | None:
         return None
 
 
-def _script_json(value: Any) -> str:
+def _script_json(value: object) -> str:
     """JSON safe to embed in a <script> element."""
     return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _plot(study: Any, chosen: Any) -> str:
+def _plot(study: Study, chosen: FrontPoint) -> str:
     points = study.front_points()
-    front = study.pareto(OBJECTIVES)
+    front = pareto(points, DEFAULT_OBJECTIVES)
+    quality, cost = (quantity(o) for o in DEFAULT_OBJECTIVES)
     origins = sorted({p.origin for p in points})
-    traces: list[dict[str, Any]] = []
+
+    def xy(pts: list[FrontPoint]) -> dict[str, list[float | None]]:
+        return {"x": [p.value(cost.name) for p in pts], "y": [p.metrics.get(quality.name) for p in pts]}
+
+    traces: list[dict[str, object]] = []
     for i, origin in enumerate(origins):
         pts = [p for p in points if p.origin == origin]
-        traces.append({"type": "scatter", "mode": "markers", "name": origin,
-                       "x": [p.costs["wbits"] for p in pts], "y": [p.metrics.get("psnr_db") for p in pts],
+        traces.append({"type": "scatter", "mode": "markers", "name": origin, **xy(pts),
                        "text": [f"candidate {p.candidate_id}" for p in pts],
                        "marker": {"size": 9, "color": ORIGIN_COLOURS[i % len(ORIGIN_COLOURS)]}})
     traces.append({"type": "scatter", "mode": "lines", "name": "Pareto front", "line": {"color": "black"},
-                   "x": [p.costs["wbits"] for p in front], "y": [p.metrics.get("psnr_db") for p in front],
-                   "text": [f"candidate {p.candidate_id}" for p in front]})
-    if chosen is not None:
-        traces.append({"type": "scatter", "mode": "markers", "name": f"chosen (candidate {chosen.candidate_id})",
-                       "x": [chosen.costs["wbits"]], "y": [chosen.metrics.get("psnr_db")],
-                       "marker": {"size": 16, "symbol": "star", "color": "#d62728"}})
-    layout = {"xaxis": {"title": {"text": "average weight bits"}}, "yaxis": {"title": {"text": "PSNR (dB)"}},
+                   **xy(front), "text": [f"candidate {p.candidate_id}" for p in front]})
+    traces.append({"type": "scatter", "mode": "markers", "name": f"chosen (candidate {chosen.candidate_id})",
+                   **xy([chosen]), "marker": {"size": 16, "symbol": "star", "color": "#d62728"}})
+    layout = {"xaxis": {"title": {"text": cost.label}}, "yaxis": {"title": {"text": quality.label}},
               "margin": {"t": 20}, "height": 420}
+    # every metric measured on the front (the full evaluation's only on promoted candidates)
+    columns = [cost, quality, *(quantity(m) for m in sorted({m for p in front for m in p.metrics} - {quality.name}))]
     rows = "".join(
-        f"<tr><td>{p.candidate_id}</td><td>{escape(p.origin)}</td><td>{p.costs['wbits']:.3f}</td>"
-        f"<td>{p.metrics.get('psnr_db', float('nan')):.2f}</td><td>{_maybe(p.metrics.get('prompt_accuracy'))}</td>"
-        f"<td>{'yes' if p.measured else 'no'}</td></tr>"
+        f"<tr><td>{p.candidate_id}</td><td>{escape(p.origin)}</td>"
+        + "".join(f"<td>{_maybe(p.value(q.name) if p.has(q.name) else None)}</td>" for q in columns)
+        + f"<td>{'yes' if p.measured else 'no'}</td></tr>"
         for p in front)
+    head = "".join(f"<th>{escape(q.label)}</th>" for q in columns)
     script = (f'<script src="/static/plotly.min.js"></script>\n<script>Plotly.newPlot("front", {_script_json(traces)}, '
               f"{_script_json(layout)}, {{responsive: true}});</script>") if plotly_js() is not None else \
         "<p>(plotly is not installed on the server: the front is shown as a table only)</p>"
     return (f'<div id="front" data-points="{len(points)}"></div>\n{script}\n'
-            '<table id="front-table"><tr><th>candidate</th><th>origin</th><th>avg weight bits</th><th>PSNR dB</th>'
-            f"<th>prompt accuracy (full evaluation)</th><th>measured</th></tr>{rows}</table>")
+            f'<table id="front-table"><tr><th>candidate</th><th>origin</th>{head}<th>measured</th></tr>{rows}</table>')
 
 
 def _maybe(value: float | None) -> str:
     return "&ndash;" if value is None else f"{value:.3f}"
 
 
-def _validation(study: Any) -> str:
+def _validation(study: Study) -> str:
     """The stored sensitivity validation (`bitsearch validate`) as a table, or nothing."""
-    results = study.validation()
+    results = stored_validation(study.cache)
     if not results:
         return ""
     cells = [("single", "quality"), ("single", "alignment"), ("mixed", "quality"), ("mixed", "alignment")]
@@ -81,7 +90,7 @@ def _validation(study: Any) -> str:
             f'<table id="validation"><tr><th>estimator (metric)</th>{head}</tr>{rows}</table>')
 
 
-def _heatmap(study: Any, chosen: Any) -> str:
+def _heatmap(study: Study, chosen: FrontPoint) -> str:
     from quant.config import BitConfig
 
     config = BitConfig.from_dict(chosen.config)
@@ -99,7 +108,7 @@ def _heatmap(study: Any, chosen: Any) -> str:
             f"<p>weight bits: {legend}</p>")
 
 
-def _samples(study: Any, chosen: Any) -> str:
+def _samples(study: Study, chosen: FrontPoint) -> str:
     """The stored sample grid (made by the study when it completes; this page never makes it)."""
     if stored_samples(study, chosen) is None:
         return ('<p id="no-samples">No sample grid is stored for this config yet: the study makes it when it '
@@ -108,16 +117,17 @@ def _samples(study: Any, chosen: Any) -> str:
             '/samples.png">')
 
 
-def render_page(study: Any) -> str:
+def render_page(study: Study) -> str:
     """One self-contained HTML page for `study`; every study-derived string is escaped."""
     name = escape(study.name)
-    chosen = chosen_point(study)
+    chosen = chosen_point(study.front_points())
+    quality, cost = (quantity(o) for o in DEFAULT_OBJECTIVES)
     if chosen is None:
         body = "<p>No evaluation has finished yet; reload this page later.</p>"
     else:
-        body = (f"<h2>Pareto front (PSNR vs average weight bits)</h2>{_plot(study, chosen)}"
+        body = (f"<h2>Pareto front ({escape(quality.label)} vs {escape(cost.label)})</h2>{_plot(study, chosen)}"
                 f"<h2>Chosen config: candidate {chosen.candidate_id} ({escape(chosen.origin)}), "
-                f"{chosen.metrics.get('psnr_db', float('nan')):.2f} dB at {chosen.costs['wbits']:.3f} bits</h2>"
+                f"{quality.name} {chosen.value(quality.name):.4g} at {cost.name} {chosen.value(cost.name):.4g}</h2>"
                 f"{_heatmap(study, chosen)}"
                 f"<h2>Samples: full precision (top) vs chosen config (bottom)</h2>{_samples(study, chosen)}"
                 f"{_validation(study)}")

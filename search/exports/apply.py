@@ -30,8 +30,8 @@ from quant.apply import QuantizedModel, apply
 from quant.calibrate import ActivationRanges, SetStep, calibrate_activations
 from quant.config import FORMAT_NAME, HIGH_PRECISION, BitConfig, ConfigError
 from quant.layers import quantizable_modules
-from quant.models import DENOISER_SUBFOLDERS
 from search.exports import mixdq, step_policy
+from workloads.denoisers import DENOISER_SUBFOLDERS
 
 # MixDQ files carry no step count: the calibration run of a single-group config uses this many steps.
 DEFAULT_CALIBRATION_STEPS = 20

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from quant.config import BitConfig, ConfigError, TimestepGroups
+from search.evaluation import CHEAP
 from search.exports import IMPORT_FORMATS, format_options, formats_taking, import_config
 from search.origins import IMPORT, add_candidates
-from search.study import CHEAP
 
 
 def import_candidates(storage: Any, study: str, files: Sequence[str | Path], fmt: str = "json",
@@ -28,7 +28,7 @@ def import_candidates(storage: Any, study: str, files: Sequence[str | Path], fmt
     and `activations` the activations file shared by them (or None: activations stay in high
     precision); `protected` is mixdq's reading of layers its activations file leaves out (see
     `search.exports.mixdq`). A step policy is rebuilt for the study's step count first."""
-    from search.study import StudySpec
+    from search.spec import StudySpec
 
     if fmt not in IMPORT_FORMATS:
         raise ConfigError(f"cannot import format {fmt!r}; valid: {', '.join(IMPORT_FORMATS)}")

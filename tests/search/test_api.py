@@ -125,7 +125,7 @@ def test_study_launched_through_the_api_matches_the_cli_front(client, db) -> Non
     expected = Study.load("api", db).pareto(("psnr_db", "wbits"))
     assert front and [p["candidate_id"] for p in front] == [p.candidate_id for p in expected]
     bad = client.get("/studies/api/pareto", params={"objectives": "psnr_db,nope"}, headers=AUTH)
-    assert bad.status_code == 422 and "unknown objective" in bad.text
+    assert bad.status_code == 422 and "unknown metric or cost" in bad.text
 
     cands = client.get("/studies/api/candidates", params={"state": "COMPLETE", "origin": "uniform"},
                        headers=AUTH).json()

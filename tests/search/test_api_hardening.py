@@ -22,7 +22,8 @@ from quant.config import ConfigError
 from search.api import create_app
 from search.executors import LocalExecutor
 from search.executors.base import Executor
-from search.study import Study, StudySpec
+from search.spec import StudySpec
+from search.study import Study
 from storage import DuplicateStudyError, Storage
 from storage.models import Artifact
 

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from search.cli import app
-from search.study import StudySpec
+from search.spec import StudySpec
 from storage import Storage
 from storage.models import Base
 from tests.storage.conftest import bit_config

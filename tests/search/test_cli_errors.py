@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from quant.config import ConfigError
 from search.cli import app
-from search.study import SEED_LIMIT, StudySpec
+from search.spec import SEED_LIMIT, StudySpec
 from storage import Storage
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -52,7 +52,7 @@ def test_inspect_table_top() -> None:
 
 def test_inspect_config_only_pipeline(tmp_path: Path) -> None:
     (tmp_path / "transformer").mkdir()
-    config = Path(__file__).parents[2] / "quant" / "model_configs" / "pixart-alpha.json"
+    config = Path(__file__).parents[2] / "workloads" / "model_configs" / "pixart-alpha.json"
     (tmp_path / "transformer" / "config.json").write_text(config.read_text())
     (tmp_path / "model_index.json").write_text(
         json.dumps({"transformer": ["diffusers", "PixArtTransformer2DModel"]})

@@ -250,7 +250,7 @@ def test_apply_exported_reads_a_mixdq_pair(sd_pipe, tmp_path) -> None:
 
 @pytest.fixture
 def db_study(tmp_path):  # type: ignore[no-untyped-def]
-    from search.study import StudySpec
+    from search.spec import StudySpec
     from storage import Storage
 
     st = Storage(str(tmp_path / "s.db"))

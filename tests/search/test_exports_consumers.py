@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_weight_group_size_survives_json_yaml_step_policy_and_study_import(tmp_path) -> None:
     from search.exports.importing import import_candidates
-    from search.study import StudySpec
+    from search.spec import StudySpec
     from storage import Storage
 
     cfg = BitConfig(TimestepGroups.uniform(8, 2), {"_default": ["W4A8", "W8A8"], "proj": "W4A16"},
@@ -170,8 +170,8 @@ def test_step_policy_carries_to_another_step_count() -> None:
 @pytest.fixture(scope="module")
 def sdxl_params() -> dict[str, int]:
     """FQN -> weight parameters of the SDXL UNet inventory, built on the meta device."""
-    from quant.layers import example_inputs, inventory
-    from quant.models import load_denoiser
+    from quant.layers import inventory
+    from workloads.denoisers import example_inputs, load_denoiser
 
     unet = load_denoiser("sdxl-unet", device="meta")
     return {x.fqn: x.params for x in inventory(unet, example_inputs(unet))}
@@ -272,7 +272,7 @@ def test_cli_convert_prints_layers_mean_bits_and_groups(tmp_path) -> None:
 
 def test_cli_import_mixdq_protected_option(tmp_path) -> None:
     from search.cli import app
-    from search.study import StudySpec
+    from search.spec import StudySpec
     from storage import Storage
 
     st = Storage(str(tmp_path / "s.db"))

@@ -25,7 +25,8 @@ from typer.testing import CliRunner
 
 from search.cli import app
 from search.executors import Evaluator, LocalExecutor, Outcome, get_executor
-from search.study import Study, StudySpec
+from search.spec import StudySpec
+from search.study import Study
 from storage import CandidateState, Storage, StorageError
 
 SPEC = StudySpec(budget=("wbits=4.5",), timestep_groups=2, num_steps=8, trials=3, eval_samples=4,
@@ -175,9 +176,8 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     torch.set_num_threads(1)
     path = tmp_path_factory.mktemp("prepared") / "p.db"
     s = Study.create("p", SPEC, str(path))
-    layers = s.layers(_quiet)
-    s.activation_ranges(_quiet)
-    s.propose(layers, s.sensitivities(layers, _quiet), _quiet)
+    s.cache.activation_ranges(_quiet)
+    s.propose(_quiet)
     s.storage.close()  # checkpoints the WAL into the file we copy
     yield path
     torch.set_num_threads(threads)  # no thread count leaks into later tests
@@ -257,7 +257,7 @@ def test_the_fake_backend_is_never_recorded_as_measured(prepared: Path, tmp_path
 
     stored = _copy(prepared, tmp_path)
     fake = Study("p", dataclasses.replace(stored.spec, backend="fake"), stored.storage)
-    assert fake.evaluate(fake.activation_ranges(_quiet), _quiet) >= 4
+    assert fake.evaluate(_quiet) >= 4
     evals = fake.storage.list_evaluations("p")
     assert evals and all(e.backend == "fake" and e.run_labels.get("simulated", 0) > 0 for e in evals)
     assert not any(e.measured for e in evals)

@@ -15,7 +15,8 @@ import pytest
 from quant.config import BitConfig
 from quant.cost import costs
 from search.executors import LocalExecutor
-from search.study import Study, StudySpec
+from search.spec import StudySpec
+from search.study import Study
 from solvers.optuna_search import CANDIDATE_ATTR, optuna_study_name
 from storage import CandidateState
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from search.api import create_app
-from search.study import Study, StudySpec
+from search.spec import StudySpec
+from search.study import Study
 
 SPEC = StudySpec(budget=("wbits=4.5",), timestep_groups=2, num_steps=8, trials=2, eval_samples=4,
                  calibration_samples=2, baselines=("W8A8",))

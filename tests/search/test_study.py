@@ -8,7 +8,9 @@ from typer.testing import CliRunner
 from quant.config import BitConfig, ConfigError
 from quant.cost import costs
 from search.cli import app
-from search.study import Study, StudySpec
+from search.spec import StudySpec
+from search.study import Study
+from search.validation import stored_validation, validate
 from storage import CandidateState
 
 SPEC = StudySpec(budget=("wbits=4.5",), timestep_groups=2, num_steps=8, trials=3, eval_samples=4,
@@ -23,10 +25,8 @@ def study(tmp_path_factory):  # type: ignore[no-untyped-def]
     torch.set_num_threads(1)
     db = str(tmp_path_factory.mktemp("db") / "s.db")
     s = Study.create("t", SPEC, db)
-    layers = s.layers(lambda m: None)
-    ranges = s.activation_ranges(lambda m: None)
-    s.propose(layers, s.sensitivities(layers, lambda m: None), lambda m: None)
-    assert s.evaluate(ranges, lambda m: None, max_seconds=0.0) == 0  # stop before any evaluation
+    s.propose(lambda m: None)
+    assert s.evaluate(lambda m: None, max_seconds=0.0) == 0  # stop before any evaluation
     resumed = Study.load("t", db)  # a new coordinator picks up the stored study
     resumed.run(progress=lambda m: None)
     yield resumed
@@ -48,7 +48,7 @@ def test_multi_fidelity_promotes_exactly_the_candidates_that_may_enter_the_front
     from solvers.pareto import non_dominated
 
     points = study.front_points()
-    may_enter = {points[i].candidate_id for cost in ("wbits", "bops_g")
+    may_enter = {points[i].candidate_id for cost in ("wbits", "bops")
                  for i in non_dominated([[-p.metrics["psnr_db"], p.costs[cost]] for p in points])}
     full = {p.candidate_id for p in points if "full" in p.fidelities}
     assert full == may_enter and len(full) > 0
@@ -107,7 +107,7 @@ def test_cli_pareto_export_and_errors(study, tmp_path) -> None:
 def test_spec_validation() -> None:
     with pytest.raises(ConfigError, match="timestep_groups"):
         StudySpec(timestep_groups=30, num_steps=20)
-    with pytest.raises(ConfigError, match="unknown solver 'magic'; valid: greedy, ilp, optuna"):
+    with pytest.raises(ConfigError, match="unknown solver 'magic'; valid solvers: greedy, ilp, optuna"):
         StudySpec(solver="magic")
     with pytest.raises(ConfigError, match="patience"):
         StudySpec(patience=-1)
@@ -115,14 +115,14 @@ def test_spec_validation() -> None:
 
 
 def test_validation_is_stored_with_the_study_and_shown_by_status(study) -> None:
-    results = study.validate(lambda m: None, n_single=4, n_mixed=4, n_images=2)
+    results = validate(study, lambda m: None, n_single=4, n_mixed=4, n_images=2)
     assert [r["estimator"] for r in results] == list(SPEC.estimators)
     for r in results:
         assert r["counts"] == {"single": 4, "mixed": 4} and not r["simulated"]
         for kind in ("single", "mixed"):
             rho = r["correlations"][kind]["quality"]["spearman"]
             assert rho is None or -1.0 <= rho <= 1.0
-    assert study.validation() == results
+    assert stored_validation(study.cache) == results
     out = CliRunner().invoke(app, ["status", "t", "--db", str(study.storage.url)])
     assert out.exit_code == 0 and "sensitivity validation" in out.output and "gradient" in out.output
 
@@ -131,7 +131,7 @@ def test_first_estimator_of_each_metric_feeds_the_solver(study) -> None:
     from quant.scores import Scores
 
     layers = study.layers()
-    gradient = study.sensitivities(layers, lambda m: None)[0]
+    gradient = study.cache.scores(layers, lambda m: None)[0]
     other = Scores("mse", "quality", gradient.groups, {k: 2 * v for k, v in gradient.values.items()})
     problem = study.problem(layers, [gradient, other])
     assert [s.estimator for s in problem.scores] == ["gradient"]
@@ -142,18 +142,17 @@ def test_latency_budget_is_solved_against_a_measured_cached_table(study, monkeyp
 
     from quant.config import Bits
 
-    table = study.latency_table(lambda m: None)
+    table = study.cache.latency_table(lambda m: None)
     layers = study.layers()
     assert set(table) == {x.fqn for x in layers}
     assert all(set(per) == {Bits(16, 16), *(Bits.parse(b) for b in SPEC.bits)} for per in table.values())
     import quant.latency
 
     monkeypatch.setattr(quant.latency, "measure_latency", None)  # a second call must not measure again
-    assert study.latency_table(lambda m: None) == table
-    assert study.solved_latency_table() == table
-    lat = Study("t", dataclasses.replace(SPEC, budget=("latency=1.3x", "wbits=6")), study.storage)
-    lat._workload, lat._layers = study.workload, layers
-    problem = lat.problem(layers, study.sensitivities(layers, lambda m: None), lambda m: None)
+    assert study.cache.latency_table(lambda m: None) == table
+    assert study.cache.solved_latency_table() == table
+    lat = Study("t", dataclasses.replace(SPEC, budget=("latency=1.3x", "wbits=6")), study.storage, study.workload)
+    problem = lat.problem(layers, study.cache.scores(layers, lambda m: None), lambda m: None)
     from solvers.ilp import solve
 
     config = solve(problem)

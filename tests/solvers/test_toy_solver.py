@@ -72,7 +72,8 @@ def test_toy_solver_is_told_each_measurement(layers: list[Layer]) -> None:
 def test_toy_solver_runs_a_whole_study(tmp_path: Path) -> None:
     import torch
 
-    from search.study import Study, StudySpec
+    from search.spec import StudySpec
+    from search.study import Study
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -17,7 +17,8 @@ class ToyWorkload(TinyWorkload):
 
 
 def test_toy_workload_runs_a_whole_study(tmp_path: Path) -> None:
-    from search.study import Study, StudySpec
+    from search.spec import StudySpec
+    from search.study import Study
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,0 +1,104 @@
+"""A study's measured points and what users ask of them: Pareto fronts, the best point under a limit,
+the candidates worth a full evaluation, the config the page shows. The CLI, the API and the page all
+call these; each metric's direction and unit come from the catalogue (`quant.quantities`).
+
+A point's metrics are the union of its evaluations' (a `full` evaluation adds alignment and
+distribution metrics to the `cheap` one's fidelity metrics); its costs are computed from its config
+(`quant.cost.shown_costs`: MB, ms, G), the latency predicted from the table the study solved with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from quant.config import BitConfig, ConfigError
+from quant.cost import LatencyTable, costs, shown_costs
+from quant.layers import Layer
+from quant.quantities import Quantity, quantity
+from storage import EvaluationInfo
+from workloads.metrics import QUALITY
+
+PROMOTION_COSTS = ("wbits", "bops")  # a candidate on the quality front vs either gets the full evaluation
+DEFAULT_OBJECTIVES = (QUALITY, "wbits")
+JsonConfig = dict[str, object]
+
+
+@dataclass(frozen=True)
+class FrontPoint:
+    """A candidate's measurements: the union of its evaluations' metrics (`fidelities` says which ran)."""
+
+    candidate_id: int
+    origin: str
+    metrics: dict[str, float]
+    costs: dict[str, float]
+    measured: bool
+    config: JsonConfig = field(repr=False)
+    fidelities: tuple[str, ...] = ()
+
+    def value(self, name: str) -> float:
+        return self.costs[name] if name in self.costs else self.metrics[name]
+
+    def has(self, name: str) -> bool:
+        return name in self.costs or name in self.metrics
+
+
+def measured_points(evaluations: Sequence[EvaluationInfo], layers: Sequence[Layer],
+                    latency: LatencyTable | None) -> list[FrontPoint]:
+    """One point per evaluated candidate (stored metrics are finite: NaN never reaches a front)."""
+    by_candidate: dict[int, list[EvaluationInfo]] = {}
+    for ev in evaluations:
+        by_candidate.setdefault(ev.candidate_id, []).append(ev)
+    return [FrontPoint(cid, str(evs[0].origin), {k: v for ev in evs for k, v in ev.metrics.items()},
+                       shown_costs(costs(BitConfig.from_dict(evs[0].config), layers, latency)),
+                       all(ev.measured for ev in evs), evs[0].config, tuple(ev.fidelity for ev in evs))
+            for cid, evs in by_candidate.items()]
+
+
+def objective(name: str) -> Quantity:
+    """A metric or cost by name; `quality` is the quality metric studies rank by (QUALITY)."""
+    return quantity(QUALITY if name == "quality" else name)
+
+
+def pareto(points: Sequence[FrontPoint], objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> list[FrontPoint]:
+    """Non-dominated points among those measured on every objective (an alignment metric exists only
+    for candidates with a `full` evaluation), sorted by the last objective."""
+    from solvers.pareto import non_dominated
+
+    wanted = [objective(o) for o in objectives]
+    known = {n for p in points for n in (*p.metrics, *p.costs)}
+    missing = [q.name for q in wanted if q.name not in known]
+    if points and missing:
+        raise ConfigError(f"no point has {missing[0]!r}; measured here: {', '.join(sorted(known))}")
+    kept = [p for p in points if all(p.has(q.name) for q in wanted)]
+    rows = [[q.minimised(p.value(q.name)) for q in wanted] for p in kept]
+    front = [kept[i] for i in non_dominated(rows)] if rows else []
+    return sorted(front, key=lambda p: wanted[-1].minimised(p.value(wanted[-1].name)))
+
+
+def best_under(points: Sequence[FrontPoint], limit: str, by: str = QUALITY) -> FrontPoint:
+    """The best point on metric `by` whose cost stays under `limit` (`wbits=4.5`, `size=5`: the units a
+    front shows); ConfigError when none does."""
+    name, _, text = limit.partition("=")
+    try:
+        cap = float(text)
+    except ValueError:
+        raise ConfigError(f"cannot parse limit {limit!r}; write COST=VALUE, e.g. wbits=4.5") from None
+    cost, metric = objective(name.strip()), objective(by)
+    fits = [p for p in points if p.has(cost.name) and p.value(cost.name) <= cap and p.has(metric.name)]
+    if not fits:
+        raise ConfigError(f"no evaluated candidate has {cost.name} <= {cap:g} {cost.unit}".rstrip())
+    return min(fits, key=lambda p: metric.minimised(p.value(metric.name)))
+
+
+def promotable(points: Sequence[FrontPoint]) -> list[int]:
+    """Candidates that may enter a front of quality vs any PROMOTION_COSTS (the full evaluation's worth)."""
+    ranked = [p for p in points if p.has(QUALITY)]
+    on_front = {p.candidate_id for cost in PROMOTION_COSTS for p in pareto(ranked, (QUALITY, cost))}
+    return sorted(on_front)
+
+
+def chosen_point(points: Sequence[FrontPoint]) -> FrontPoint | None:
+    """The config the page shows: the best-quality point of the default front (None before any)."""
+    front = pareto(points) if points else []
+    return min(front, key=lambda p: objective(QUALITY).minimised(p.value(QUALITY)), default=None)
