@@ -32,6 +32,9 @@ class Costs:
 
 
 # The costs a budget limits and a front shows, by one name each (`size=0.3x`, `--best-under size=5`).
+WBITS, SIZE, MEMORY, BOPS, LATENCY = "wbits", "size", "memory", "bops", "latency"
+STEP_COSTS = (WBITS, BOPS, LATENCY)  # accrue per step: linear in each (layer, group) choice
+HELD_COSTS = (SIZE, MEMORY)  # held: every distinct weight precision a layer keeps counts
 COSTS = (
     Quantity("wbits", "bits", False, "average weight bits (parameter- and step-weighted)", proxy=True, cost=True),
     Quantity("size", "MB", False, "packed weight bytes, every distinct precision stored", cost=True, scale=1e-6),
@@ -45,8 +48,8 @@ declare(*COSTS)
 
 def cost_of(costs: Costs, name: str) -> float:
     """The value of cost `name` in base units (raises if it needs a latency table that was not given)."""
-    value = {"wbits": costs.avg_weight_bits, "size": costs.weight_bytes, "memory": costs.resident_weight_bytes,
-             "bops": costs.bops, "latency": costs.latency_s}[name]
+    value = {WBITS: costs.avg_weight_bits, SIZE: costs.weight_bytes, MEMORY: costs.resident_weight_bytes,
+             BOPS: costs.bops, LATENCY: costs.latency_s}[name]
     if value is None:
         raise ConfigError(f"budget on {name} needs a latency table; build one with the target backend first")
     return float(value)
@@ -55,7 +58,7 @@ def cost_of(costs: Costs, name: str) -> float:
 def shown_costs(costs: Costs) -> dict[str, float]:
     """Every cost `costs` has, in the units a front shows them (MB, ms, G)."""
     return {q.name: cost_of(costs, q.name) * q.scale for q in COSTS
-            if q.name != "latency" or costs.latency_s is not None}
+            if q.name != LATENCY or costs.latency_s is not None}
 
 
 def packed_weight_bytes(layer: Layer, w_bits: int, group_size: int | None = None) -> int:

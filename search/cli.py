@@ -22,7 +22,12 @@ from search.exports import FORMATS, IMPORT_FORMATS, PER_LAYER_FORMATS, TWO_FILES
 from search.spec import StudySpec
 
 if TYPE_CHECKING:
+    from quant.config import BitConfig
     from quant.layers import Layer
+    from search.executors.base import Executor
+    from search.front import FrontPoint
+    from search.study import Study
+    from storage import Storage
 
 # Exit status for a bad argument or input (the same code click uses for usage errors).
 EXIT_USAGE = 2
@@ -280,7 +285,7 @@ MaxSecondsOption = Annotated[float | None, typer.Option("--max-seconds", min=0, 
                                                         "evaluations; resume continues later.")]
 
 
-def _executor(executor: str | None, workers: int, threads: int, address: str | None, heartbeat: float) -> Any:
+def _executor(executor: str | None, workers: int, threads: int, address: str | None, heartbeat: float) -> Executor:
     """The executor the options ask for; a contradiction is a usage error."""
     from search.executors import executor_names, get_executor
 
@@ -665,7 +670,7 @@ def delete(
     typer.echo(f"deleted study {name} ({sum(counts.values())} candidates)")
 
 
-def _forget_solver_state(st: Any, name: str, spec: dict[str, Any]) -> None:
+def _forget_solver_state(st: Storage, name: str, spec: dict[str, Any]) -> None:
     """The study's solver deletes what it kept of its own in the database (the optuna solver's study)."""
     from contextlib import suppress
 
@@ -695,7 +700,7 @@ def db_upgrade(db: DbOption = None) -> None:
     typer.echo("database is at the current schema")
 
 
-def _storage(db: str | None, *, readonly: bool = False) -> Any:
+def _storage(db: str | None, *, readonly: bool = False) -> Storage:
     """An existing bitsearch database (never created here: only `launch` makes one); `readonly` for
     commands that only read, which then cannot alter it (see storage/db.py)."""
     from storage import Storage
@@ -703,7 +708,7 @@ def _storage(db: str | None, *, readonly: bool = False) -> Any:
     return Storage(db, create=False, readonly=readonly)
 
 
-def _load(name: str, db: str | None, *, readonly: bool = False) -> Any:
+def _load(name: str, db: str | None, *, readonly: bool = False) -> Study:
     from search.study import Study
 
     return Study.load(name, db, readonly=readonly)
@@ -724,7 +729,7 @@ class _StudyProgress:
     """Rich progress bars of a running study's evaluations per fidelity (polled from the database,
     so evaluations by Ray workers count too), with the study's messages printed above them."""
 
-    def __init__(self, study: Any) -> None:
+    def __init__(self, study: Study) -> None:
         import threading
 
         from rich.console import Console
@@ -765,7 +770,7 @@ class _StudyProgress:
         self.bars.stop()
 
 
-def _run(study: Any, executor: Any, threads: int, max_seconds: float | None) -> None:
+def _run(study: Study, executor: Executor, threads: int, max_seconds: float | None) -> None:
     from search.executors import pin_threads
 
     pin_threads(threads)  # the coordinator's own stages too: oversubscribed threads ran 50x slower here
@@ -782,7 +787,7 @@ def _run(study: Any, executor: Any, threads: int, max_seconds: float | None) -> 
         typer.echo(f"study {study.name} stopped with candidates left; continue with `bitsearch resume {study.name}`")
 
 
-def _plot(study: Any, objs: list[str], front: list[Any], path: str) -> None:
+def _plot(study: Study, objs: list[str], front: list[FrontPoint], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -809,7 +814,7 @@ def _plot(study: Any, objs: list[str], front: list[Any], path: str) -> None:
 # ---- exports and imports ---------------------------------------------------------------------------
 
 
-def _write_export(study: Any, config: Any, kind: str, output: str, group: int | None) -> list[str]:
+def _write_export(study: Study, config: BitConfig, kind: str, output: str, group: int | None) -> list[str]:
     """Write `config` in format `kind`; the paths written (mixdq writes two files)."""
 
     from quant.config import ConfigError
@@ -827,7 +832,7 @@ def _write_export(study: Any, config: Any, kind: str, output: str, group: int | 
     return _write_result(result, kind, output)
 
 
-def _write_result(result: Any, kind: str, output: str) -> list[str]:
+def _write_result(result: str | dict[str, Any], kind: str, output: str) -> list[str]:
     """Write an exporter's result; the paths written (mixdq and vidit-q write FILE and FILE_act)."""
     from pathlib import Path
 

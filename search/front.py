@@ -13,14 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from quant.config import BitConfig, ConfigError
-from quant.cost import LatencyTable, costs, shown_costs
+from quant.cost import BOPS, WBITS, LatencyTable, costs, shown_costs
 from quant.layers import Layer
 from quant.quantities import Quantity, quantity
 from storage import EvaluationInfo
 from workloads.metrics import QUALITY
 
-PROMOTION_COSTS = ("wbits", "bops")  # a candidate on the quality front vs either gets the full evaluation
-DEFAULT_OBJECTIVES = (QUALITY, "wbits")
+PROMOTION_COSTS = (WBITS, BOPS)  # a candidate on the quality front vs either gets the full evaluation
+DEFAULT_OBJECTIVES = (QUALITY, WBITS)
 JsonConfig = dict[str, object]
 
 

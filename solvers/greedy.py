@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 
 from quant.config import BitConfig, Bits
+from quant.cost import HELD_COSTS, LATENCY, STEP_COSTS, cost_of
 from solvers.base import OneShot, register
 from solvers.problem import Plan, Problem
 
@@ -31,8 +32,8 @@ def greedy(problem: Problem) -> BitConfig:
     units = p.units
     pos = [[c.index(max(c)) for c in unit.candidates] for unit in units]  # choice index per (unit, group)
     limits = list(p.caps)
-    ref = {"wbits": p.reference.avg_weight_bits, "bops": p.reference.bops, "size": p.reference.weight_bytes,
-           "memory": p.reference.resident_weight_bytes, "latency": p.reference.latency_s or 1.0}
+    ref = {name: cost_of(p.reference, name) if name != LATENCY or p.reference.latency_s else 1.0
+           for name in (*STEP_COSTS, *HELD_COSTS)}
 
     def plan(u: int, choice: list[int]) -> Plan:
         return tuple(units[u].candidates[g][i] for g, i in enumerate(choice))

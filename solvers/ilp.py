@@ -34,7 +34,7 @@ from typing import Any
 
 from quant.budget import Budget, Limit
 from quant.config import BitConfig
-from quant.cost import Costs, cost_of
+from quant.cost import LATENCY, MEMORY, STEP_COSTS, Costs, cost_of
 from solvers.base import OneShot, SearchSettings, register
 from solvers.problem import DEGRADATION_LIMIT as _DEG
 from solvers.problem import Plan, Problem, SolverError, SolverTimeout
@@ -129,18 +129,16 @@ class _Model:
             for u, unit in enumerate(p.units):
                 for g in range(G):
                     terms += zip(self.x[u][g], unit.degradation[metric][g], strict=True)
-        elif name in ("wbits", "bops", "latency"):
-            ref = {"wbits": p.reference.avg_weight_bits, "bops": p.reference.bops,
-                   "latency": p.reference.latency_s}[name]
-            self.scale[name] = float(ref or 1.0)
+        elif name in STEP_COSTS:
+            self.scale[name] = (cost_of(p.reference, name) if name != LATENCY or p.reference.latency_s else 0.0) or 1.0
             for u, unit in enumerate(p.units):
                 for g in range(G):
                     terms += zip(self.x[u][g], unit.linear[name][g], strict=True)
-        elif name == "memory" and p.derive_lower:
+        elif name == MEMORY and p.derive_lower:
             self.scale[name] = float(p.reference.resident_weight_bytes)
             terms = self._highest_copy_terms()
         else:  # size, or memory without derive_lower: every distinct precision is a copy
-            self.scale[name] = float(p.reference.weight_bytes if name == "size" else p.reference.resident_weight_bytes)
+            self.scale[name] = cost_of(p.reference, name)
             terms = self._copy_terms()
         s = self.scale[name]
         return pulp.LpAffineExpression([(v, c / s) for v, c in terms if c])

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from quant.budget import Budget, Limit
 from quant.config import BitConfig, Bits, ConfigError, TimestepGroups
-from quant.cost import Costs, cost_of
+from quant.cost import HELD_COSTS, STEP_COSTS, WBITS, Costs, cost_of
 from solvers import ilp
 from solvers.base import Measurement, Proposal, SearchSettings, Solver, register
 from solvers.pareto import trailing_stale
@@ -329,7 +329,7 @@ class OptunaSolver(Solver):
         for name in self.objectives:
             if name in measured:
                 v = float(measured[name])
-            elif name == "cost" or name in ("wbits", "size", "memory", "bops", "latency"):
+            elif name == "cost" or name in (*STEP_COSTS, *HELD_COSTS):
                 metric = problem.budget.limits[0].metric if name == "cost" else name
                 v = problem.in_user_units(metric, _value(c, metric))
             else:
@@ -357,8 +357,8 @@ def _budget(problem: Problem, scale: float, share: float) -> Budget:
         lo = sum(min(b.w for c in u.candidates for b in c) * sum(x.params for x in u.layers) for u in problem.units)
         hi = sum(max(b.w for c in u.candidates for b in c) * sum(x.params for x in u.layers) for u in problem.units)
         cap = (lo + share * (hi - lo)) / problem.total_params
-        current = next((x.value for x in limits if x.metric == "wbits"), math.inf)
-        limits = [x for x in limits if x.metric != "wbits"] + [Limit("wbits", min(cap, current))]
+        current = next((x.value for x in limits if x.metric == WBITS), math.inf)
+        limits = [x for x in limits if x.metric != WBITS] + [Limit(WBITS, min(cap, current))]
     return Budget(tuple(limits))
 
 

@@ -30,13 +30,22 @@ from quant.config import (
     ConfigError,
     TimestepGroups,
 )
-from quant.cost import Costs, LatencyTable, costs, full_precision_costs, packed_weight_bytes
+from quant.cost import (
+    BOPS,
+    LATENCY,
+    MEMORY,
+    SIZE,
+    WBITS,
+    Costs,
+    LatencyTable,
+    costs,
+    full_precision_costs,
+    packed_weight_bytes,
+)
 from quant.errors import BitsearchError
 from quant.layers import Layer
 from quant.scores import Scores
 
-LINEAR_METRICS = ("wbits", "bops", "latency")  # step-accrued: linear in the (unit, group) choice
-HELD_METRICS = ("size", "memory")  # depend on the distinct weight bits a unit keeps
 DEGRADATION_LIMIT = "max_degradation."  # prefix naming a cap on predicted degradation as a limit
 
 PinValue = Bits | str | Sequence[Bits | str]
@@ -155,10 +164,10 @@ class Problem:
         self.total_params = sum(layer.params for layer in self.layers) or 1
 
         metrics = [lim.metric for lim in self.budget.limits]
-        if "latency" in metrics and latency is None:
+        if LATENCY in metrics and latency is None:
             raise ConfigError("a latency budget needs a latency table measured on the target machine")
         self.reference: Costs = full_precision_costs(
-            self.layers, groups.num_steps, latency if "latency" in metrics else None
+            self.layers, groups.num_steps, latency if LATENCY in metrics else None
         )
         self.caps: dict[str, float] = {lim.metric: lim.absolute(self.reference) for lim in self.budget.limits}
 
@@ -339,12 +348,12 @@ class Problem:
         params = sum(layer.params for layer in layers)
         macs = sum(layer.macs for layer in layers)
         linear: dict[str, tuple[tuple[float, ...], ...]] = {
-            "wbits": table(lambda g, b: self.fractions[g] * params * b.w / self.total_params),
-            "bops": table(lambda g, b: self.fractions[g] * macs * b.w * b.a),
+            WBITS: table(lambda g, b: self.fractions[g] * params * b.w / self.total_params),
+            BOPS: table(lambda g, b: self.fractions[g] * macs * b.w * b.a),
         }
-        if "latency" in self.caps:
+        if LATENCY in self.caps:
             assert self.latency is not None
-            linear["latency"] = table(lambda g, b: self.fractions[g] * sum(self._latency(f, b) for f in fqns))
+            linear[LATENCY] = table(lambda g, b: self.fractions[g] * sum(self._latency(f, b) for f in fqns))
         wb = {b.w for c in per_group for b in c}
         weight_bytes = {w: sum(packed_weight_bytes(layer, w, self.weight_group_size) for layer in layers) for w in wb}
         return Unit(layers, tuple(per_group), objective, degradation, linear, weight_bytes)
@@ -364,8 +373,8 @@ class Problem:
         unit = self.units[u]
         out = {m: sum(t[g][unit.candidates[g].index(b)] for g, b in enumerate(plan)) for m, t in unit.linear.items()}
         distinct = {b.w for b in plan}
-        out["size"] = float(sum(unit.weight_bytes[w] for w in distinct))
-        out["memory"] = float(unit.weight_bytes[max(distinct)]) if self.derive_lower else out["size"]
+        out[SIZE] = float(sum(unit.weight_bytes[w] for w in distinct))
+        out[MEMORY] = float(unit.weight_bytes[max(distinct)]) if self.derive_lower else out[SIZE]
         return out
 
     def unit_terms(self, u: int, plan: Plan) -> tuple[float, dict[str, float]]:
@@ -413,7 +422,7 @@ class Problem:
         return out
 
     def costs(self, config: BitConfig) -> Costs:
-        return costs(config, self.layers, self.latency if "latency" in self.caps else None, self.derive_lower)
+        return costs(config, self.layers, self.latency if LATENCY in self.caps else None, self.derive_lower)
 
     def violations(self, config: BitConfig, budget: Budget | None = None) -> list[str]:
         """Every way `config` breaks this problem (or `budget` in place of its own), by quant.cost.costs

@@ -181,7 +181,7 @@ def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
         runs[name] = thread
         thread.start()
 
-    def start_run(study: Any) -> None:
+    def start_run(study: "Study") -> None:
         """Run `study` in the background; this server already holds it (Storage.acquire_study)."""
         launch(study.name, lambda: _run(study, executor() if executor else None, me,
                                         heartbeat_interval(lease_timeout_s)))
@@ -268,7 +268,7 @@ def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
                 start_run(study)
         return _study_out(storage.get_study(body.name))
 
-    def resumable(name: str) -> tuple[StudyInfo, Any]:
+    def resumable(name: str) -> tuple[StudyInfo, "Study"]:
         """The study to run again in this server (409/403/422 when it cannot be)."""
         info = storage.get_study(name)
         if not run_studies:
@@ -471,7 +471,7 @@ def _study(storage: Storage, name: str, read_only: bool = True) -> "Study":
     return Study(name, spec, storage, workload=_NoModel(name) if read_only else None)  # type: ignore[arg-type]
 
 
-def _study_out(info: Any) -> StudyOut:
+def _study_out(info: StudyInfo) -> StudyOut:
     return StudyOut(name=info.name, state=info.state.value, reason=info.reason, spec=info.spec,
                     created_at=info.created_at.isoformat(), updated_at=info.updated_at.isoformat())
 
@@ -510,7 +510,7 @@ def _reason(e: BaseException) -> str:
     return text if len(text) <= 2000 else text[:1997] + "..."
 
 
-def _run(study: Any, executor: Executor | None, owner: str, interval_s: float) -> None:
+def _run(study: "Study", executor: Executor | None, owner: str, interval_s: float) -> None:
     """A study's pipeline in a background thread, holding the study (a heartbeat every `interval_s`); a
     crash marks it FAILED with the reason."""
     stop = threading.Event()
@@ -541,7 +541,7 @@ def _run(study: Any, executor: Executor | None, owner: str, interval_s: float) -
             log.exception("could not release study %s", study.name)
 
 
-def _make_samples(study: Any, make: Callable[[Any, Any], Any]) -> None:
+def _make_samples(study: "Study", make: Callable[["Study", Callable[[str], None]], bytes | None]) -> None:
     try:
         make(study, lambda m: log.info("%s: %s", study.name, m))
     except Exception:

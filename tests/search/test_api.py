@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from search.api import MAX_BODY_BYTES, create_app
 from search.study import Study
+from search.validation import validate
 
 TOKEN = "t0ken-for-tests-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -139,7 +140,7 @@ def test_study_launched_through_the_api_matches_the_cli_front(client, db) -> Non
     assert client.get(f"/studies/api/candidates/{cid}/export", params={"format": "pickle"},
                       headers=AUTH).status_code == 422
 
-    stored = Study.load("api", db).validate(lambda m: None, n_single=3, n_mixed=3, n_images=1)
+    stored = validate(Study.load("api", db), lambda m: None, n_single=3, n_mixed=3, n_images=1)
     assert client.get("/studies/api", headers=AUTH).json()["validation"] == stored
     page = client.get("/studies/api/page", headers=AUTH).text
     assert 'id="validation"' in page and "gradient (quality)" in page
