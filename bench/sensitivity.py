@@ -12,6 +12,9 @@ quality (image MSE vs FP) and alignment (per image, the share of the classifier'
 prompted digit and of the CLIP score lost vs the FP image, averaged: `sensitivity._common.alignment_drop`).
 Then the per-group view: predicted share of W4 degradation per timestep group, next to the measured
 image MSE of W4 on every layer in that group only.
+The `naive` baseline (weights x bits removed, no model run) is always in the table: an estimator's
+correlation above naive's is what running the model buys over counting removed bits. Nothing here is
+tuned (no Optuna, no chosen settings): estimators run with their defaults and the options below.
 
     python bench/sensitivity.py                    # full run (~25 min on 1 core, mostly `decoupled`)
     python bench/sensitivity.py --layers 12 --n-single 8 --n-mixed 8   # quick look
@@ -71,6 +74,7 @@ def main() -> None:
     print(f"built-in unet: {len(names)} layers, {wl.num_steps} DDIM steps, bits {[str(b) for b in BITS]}, "
           f"torch threads 1; one FP generation of {args.images} images: {fp_time:.2f} s")
     ests = args.estimators or estimator_names()
+    ests += [] if "naive" in ests else ["naive"]  # the baseline every row is read against; it costs nothing
     for n_groups in args.groups:
         groups = TimestepGroups.uniform(wl.num_steps, n_groups)
         print(f"\n## {n_groups} timestep group(s) {groups}")

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 # Importing the backend modules registers them.
 from quant.backends import fake as _fake  # noqa: F401
 from quant.backends import int8 as _int8  # noqa: F401
-from quant.backends.base import Backend, LayerKernel, Quantizable, RunLabel, get_backend
+from quant.backends.base import Backend, LayerKernel, Quantizable, RunLabel, get_backend, storage_bytes
 from quant.calibrate import ActivationRanges
 from quant.config import HIGH_PRECISION, BitConfig, Bits, ConfigError, TimestepGroups
 from quant.errors import BitsearchError, UnsupportedBits
@@ -90,14 +90,7 @@ class QuantLayer(nn.Module):
 
     def held_bytes(self) -> int:
         """Bytes of the tensors this layer's kernels keep alive, each storage counted once."""
-        seen: dict[int, int] = {}
-        for k in self.kernels.values():
-            for t in k.held:
-                try:
-                    seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-                except NotImplementedError:  # oneDNN's prepacked weights are opaque: count their elements
-                    seen[id(t)] = t.numel() * t.element_size()
-        return sum(seen.values())
+        return storage_bytes(t for k in self.kernels.values() for t in k.held)
 
     def extra_repr(self) -> str:
         return " ".join(f"g{g}:{b}" for g, b in enumerate(self.plan))

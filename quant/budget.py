@@ -51,9 +51,9 @@ class Limit:
         return cls(metric, value * _UNITS[unit])
 
     @property
-    def needs_latency_table(self) -> bool:
-        """Only a measured latency table prices this limit (checked once the study has one)."""
-        return self.metric == "latency"
+    def measured(self) -> bool:
+        """Priced by the target's measured tables (latency, memory): checkable once they exist."""
+        return self.metric in ("latency", "memory")
 
     def absolute(self, reference: Costs) -> float:
         return self.value * cost_of(reference, self.metric) if self.relative else self.value

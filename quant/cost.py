@@ -3,6 +3,12 @@
 Per-timestep configs run different bits at different steps, so costs that accrue per step
 (average weight bits, bit-ops, latency) are step-weighted averages over the sampler's steps, and
 costs that are held (bytes) count every weight precision that must stay available.
+
+With a target's measured tables (`TargetTables`, from `quant.targets.measure_tables`) `latency` and
+`memory` are predictions in what the kernels really spend: seconds per denoiser call (the layers'
+measured times plus the rest of the call) and resident bytes (the tensors each layer's kernels
+really hold, plus every parameter outside the quantizable layers). Without them `memory` falls back
+to packed bytes (a proxy) and `latency` is unknown. `size` (bytes at rest, packed) is always computed.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from quant.config import HIGH_PRECISION, BitConfig, Bits, ConfigError
 from quant.layers import Layer
@@ -20,6 +27,37 @@ FLOAT_BYTES = 2  # a high-precision weight copy is bf16/fp16
 
 LatencyTable = Mapping[str, Mapping[Bits, float]]
 """Seconds per call of each layer at each bit pair, measured on the target machine."""
+MemoryTable = Mapping[str, Mapping[Bits, int]]
+"""Bytes the backend's kernels of each layer hold at each bit pair (W16A16: the float layer)."""
+
+
+@dataclass(frozen=True)
+class TargetTables:
+    """What one model costs on one target and machine, measured (see `quant.targets`)."""
+
+    latency: LatencyTable  # seconds per denoiser call of each quantizable layer at each bit pair
+    memory: MemoryTable  # bytes each layer's kernels hold at each bit pair
+    rest_latency_s: float  # the rest of one float call: every op outside the quantizable layers
+    rest_bytes: int  # parameters and buffers outside the quantizable layers
+    float_format: str  # the target's fastest float format, measured ("bf16" or "fp32")
+    float_latency_s: float  # one denoiser call in it
+    float_bytes: int  # the denoiser's resident bytes in it
+
+    def to_dict(self) -> dict[str, object]:
+        return {"latency": {f: {str(b): s for b, s in per.items()} for f, per in self.latency.items()},
+                "memory": {f: {str(b): n for b, n in per.items()} for f, per in self.memory.items()},
+                "rest_latency_s": self.rest_latency_s, "rest_bytes": self.rest_bytes,
+                "float_format": self.float_format, "float_latency_s": self.float_latency_s,
+                "float_bytes": self.float_bytes}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> TargetTables:
+        latency = cast("Mapping[str, Mapping[str, float]]", d["latency"])
+        memory = cast("Mapping[str, Mapping[str, int]]", d["memory"])
+        return cls({f: {Bits.parse(b): float(s) for b, s in per.items()} for f, per in latency.items()},
+                   {f: {Bits.parse(b): int(n) for b, n in per.items()} for f, per in memory.items()},
+                   float(cast(float, d["rest_latency_s"])), int(cast(int, d["rest_bytes"])), str(d["float_format"]),
+                   float(cast(float, d["float_latency_s"])), int(cast(int, d["float_bytes"])))
 
 
 @dataclass(frozen=True)
@@ -36,14 +74,19 @@ WBITS, SIZE, MEMORY, BOPS, LATENCY = "wbits", "size", "memory", "bops", "latency
 STEP_COSTS = (WBITS, BOPS, LATENCY)  # accrue per step: linear in each (layer, group) choice
 HELD_COSTS = (SIZE, MEMORY)  # held: every distinct weight precision a layer keeps counts
 COSTS = (
-    Quantity("wbits", "bits", False, "average weight bits (parameter- and step-weighted)", proxy=True, cost=True),
-    Quantity("size", "MB", False, "packed weight bytes, every distinct precision stored", cost=True, scale=1e-6),
-    Quantity("memory", "MB", False, "resident weight bytes at run time", cost=True, scale=1e-6),
-    Quantity("bops", "G", False, "bit-operations per denoiser forward", proxy=True, cost=True, scale=1e-9),
-    Quantity("latency", "ms", False, "seconds per denoiser forward, predicted from a latency table", cost=True,
-             scale=1e3),
+    Quantity(WBITS, "bits", False, "average weight bits (parameter- and step-weighted)", proxy=True, cost=True),
+    Quantity(SIZE, "MB", False, "packed weight bytes at rest, every distinct precision stored", cost=True,
+             scale=1e-6),
+    Quantity(MEMORY, "MB", False, "resident bytes of the denoiser while sampling, measured after apply "
+             "(every weight copy a per-timestep schedule keeps)", cost=True, scale=1e-6),
+    Quantity(BOPS, "G", False, "bit-operations per denoiser call", proxy=True, cost=True, scale=1e-9),
+    Quantity(LATENCY, "ms", False, "CPU time of one denoiser call at batch 1, measured on the target's kernels",
+             cost=True, scale=1e3),
 )
-declare(*COSTS)
+# The same two costs as the target's tables predict them (what the solver optimised), beside the measured.
+PREDICTED = tuple(Quantity(f"{q.name}_predicted", q.unit, False, f"{q.description}: predicted from the target's "
+                           "tables", cost=True, scale=q.scale) for q in COSTS if q.name in (LATENCY, MEMORY))
+declare(*COSTS, *PREDICTED)
 
 
 def cost_of(costs: Costs, name: str) -> float:
@@ -81,32 +124,50 @@ def resident_weight_bytes(layer: Layer, w_bits: set[int], group_size: int | None
     return sum(packed_weight_bytes(layer, w, group_size) for w in kept)
 
 
-def costs(config: BitConfig, layers: Sequence[Layer], latency: LatencyTable | None = None,
+def costs(config: BitConfig, layers: Sequence[Layer], tables: TargetTables | None = None,
           derive_lower: bool = False) -> Costs:
+    """What `config` costs on `layers`; `latency` and `memory` in measured units when `tables` are given
+    (see the module docstring)."""
     plans = config.resolve([layer.fqn for layer in layers])
     fractions = [n / config.groups.num_steps for n in config.groups.sizes()]
     gs = config.weight_group_size
     total_params = sum(layer.params for layer in layers) or 1
-    wbits = stored = resident = 0.0
-    bops = 0.0
-    lat: float | None = 0.0 if latency is not None else None
+    wbits = stored = bops = 0.0
+    resident = 0.0 if tables is None else float(tables.rest_bytes)
+    lat: float | None = None if tables is None else tables.rest_latency_s
     for layer in layers:
         plan = plans[layer.fqn]
         distinct = {b.w for b in plan}
         stored += sum(packed_weight_bytes(layer, w, gs) for w in distinct)
-        resident += resident_weight_bytes(layer, distinct, gs, derive_lower)
+        if tables is None:
+            resident += resident_weight_bytes(layer, distinct, gs, derive_lower)
+        else:  # each distinct pair's kernel holds its own tensors (derive_lower: the widest weights only)
+            kept = {max(plan, key=lambda b: b.w)} if derive_lower else set(plan)
+            resident += sum(held_bytes(tables, layer.fqn, b) for b in kept)
         for frac, b in zip(fractions, plan, strict=True):
             wbits += frac * layer.params * b.w
             bops += frac * layer.macs * b.w * b.a
-            if latency is not None and lat is not None:
-                lat += frac * _latency_of(latency, layer.fqn, b)
+            if tables is not None and lat is not None:
+                lat += frac * _latency_of(tables.latency, layer.fqn, b)
     return Costs(wbits / total_params, int(stored), int(resident), bops, lat)
 
 
-def full_precision_costs(layers: Sequence[Layer], num_steps: int = 1,
-                         latency: LatencyTable | None = None) -> Costs:
-    """The W16A16 reference that relative budgets (e.g. `size=0.5x`) are measured against."""
-    return costs(BitConfig.uniform(num_steps, Bits(HIGH_PRECISION, HIGH_PRECISION)), layers, latency)
+def full_precision_costs(layers: Sequence[Layer], num_steps: int = 1, tables: TargetTables | None = None) -> Costs:
+    """What relative budgets (e.g. `memory=0.5x`) are relative to: the target's fastest float format as
+    measured (`tables`), else the W16A16 model computed (bf16 bytes; latency unknown)."""
+    computed = costs(BitConfig.uniform(num_steps, Bits(HIGH_PRECISION, HIGH_PRECISION)), layers)
+    if tables is None:
+        return computed
+    return Costs(computed.avg_weight_bits, computed.weight_bytes, tables.float_bytes, computed.bops,
+                 tables.float_latency_s)
+
+
+def held_bytes(tables: TargetTables, fqn: str, bits: Bits) -> int:
+    """Bytes layer `fqn`'s kernel at `bits` holds, measured."""
+    try:
+        return tables.memory[fqn][bits]
+    except KeyError:
+        raise KeyError(f"memory table has no entry for {fqn} at {bits}; measure the tables with these bits") from None
 
 
 def _latency_of(table: LatencyTable, fqn: str, bits: Bits) -> float:

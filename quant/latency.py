@@ -5,8 +5,8 @@ The table (`quant.cost.LatencyTable`: fqn -> Bits -> seconds per denoiser forwar
 layer in that forward included) is what latency budgets are solved against. A layer's latency is
 additive across layers in this model: it ignores fusion and overlap, so a solved config's latency is
 a prediction; the study's evaluations record the measured one. `full precision` (W16A16) is the
-layer's own float forward. Timing: CPU time of this thread (`time.thread_time`) on CPUs, the median
-of `repeats` after one warm-up; run it with the thread count the deployment will use.
+layer's own float forward. Timing: CPU time of the process (`time.process_time`, every thread counted)
+on CPUs, the median of `repeats` after one warm-up; run it with the thread count the deployment will use.
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ def _time(layer: nn.Module, xs: Sequence[torch.Tensor], repeats: int) -> float:
     allocations and kernel selection)."""
     samples = []
     for i in range(repeats + 1):
-        t0 = time.thread_time()
+        t0 = time.process_time()
         for x in xs:
             layer(x)
         if i:
-            samples.append(time.thread_time() - t0)
+            samples.append(time.process_time() - t0)
     return statistics.median(samples)

@@ -1,5 +1,5 @@
 """A study's intermediate results, each computed once, stored in its database and reused: the layer
-inventory, the activation ranges, the sensitivity scores and the latency table. A resumed study, a
+inventory, the activation ranges, the sensitivity scores and the target's measured tables. A resumed study, a
 worker in another process and a read-only query all read what the first run stored.
 
 Every entry follows one rule (`once`): read what is stored; if nothing is, compute it, store it, and
@@ -14,13 +14,13 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, TypeVar
 
-from quant.config import FULL_PRECISION, Bits, TimestepGroups
+from quant.config import FULL_PRECISION, TimestepGroups
 from search.spec import StudySpec
 from storage import Storage
 
 if TYPE_CHECKING:
     from quant.calibrate import ActivationRanges
-    from quant.cost import LatencyTable
+    from quant.cost import TargetTables
     from quant.layers import Layer
     from quant.scores import Scores
     from workloads.base import Workload
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 Progress = Callable[[str], None]
 Json = dict[str, object] | list[object] | str
+TABLES = "target_tables"  # the artifact kind of the measured tables
 
 
 def once(load: Callable[[], T | None], compute: Callable[[], T], store: Callable[[T], None]) -> T:
@@ -98,45 +99,43 @@ class StudyCache:
             out += stored
         return out
 
-    def latency_table(self, progress: Progress = print) -> LatencyTable:
-        """Per-layer seconds per denoiser forward at each candidate bit-width on this machine and thread
-        count (quant.latency), measured once for every study of the model and backend. The study records
-        which machine's table it solved with (`solved_latency_table`)."""
+    def tables(self, progress: Progress = print) -> TargetTables | None:
+        """What the model costs on the study's target and this machine and thread count, measured once
+        (`quant.targets.measure_tables`: per-layer latency and held bytes at every candidate bit pair,
+        the rest of the model, the fastest float format); None on a simulating backend, whose runs
+        measure nothing. Stored with the study, keyed by the machine that measured it."""
         import torch
 
-        from quant.latency import measure_latency
+        from quant.backends.base import get_backend
+        from quant.cost import TargetTables
+        from quant.targets import measure_tables
         from workloads.base import denoiser_inputs
 
+        if get_backend(self.spec.backend).simulates:
+            return None
         machine = f"{socket.gethostname()}/{torch.get_num_threads()}t"
-        wanted = {FULL_PRECISION, *self.spec.bits}
-        if self.get_json("latency_machine") is None:
-            self.put_json("latency_machine", machine)
 
-        def compute() -> LatencyTable:
-            progress(f"latency table: {len(self.layers())} layers x {len(wanted)} bit-widths on {machine}")
+        def load() -> TargetTables | None:
+            stored = self.get_json(TABLES)
+            if not isinstance(stored, dict) or stored.get("machine") != machine:
+                return None
+            return TargetTables.from_dict(stored["tables"])  # type: ignore[arg-type]
+
+        def compute() -> TargetTables:
+            progress(f"target tables: {len(self.layers())} layers x {len(self.spec.bits) + 1} bit pairs on {machine} "
+                     f"({self.spec.backend} kernels): latency and held bytes, and the fastest float format")
             workload = self._workload()
-            inputs = denoiser_inputs(workload)
-            return measure_latency(workload.denoiser, lambda: workload.denoiser(**inputs), sorted(wanted),
-                                   self.spec.backend, self.activation_ranges(progress))
+            return measure_tables(workload.denoiser, denoiser_inputs(workload), [FULL_PRECISION, *self.spec.bits],
+                                  self.spec.backend, self.activation_ranges(progress))
 
-        def complete() -> LatencyTable | None:
-            table = self._stored_latency(machine)
-            return table if table and all(wanted <= set(per) for per in table.values()) else None
+        return once(load, compute, lambda t: self.put_json(TABLES, {"machine": machine, "tables": t.to_dict()}))
 
-        return once(complete, compute, lambda table: self.storage.put_latency(
-            self.spec.model, self.spec.backend, machine,
-            {(fqn, b.w, b.a): s for fqn, per in table.items() for b, s in per.items()}))
+    def solved_tables(self) -> TargetTables | None:
+        """The tables this study solved with (read from the database, never measured), or None."""
+        from quant.cost import TargetTables
 
-    def solved_latency_table(self) -> LatencyTable | None:
-        """The latency table this study solved with (read from the database, never measured), or None."""
-        machine = self.get_json("latency_machine")
-        return None if not isinstance(machine, str) else self._stored_latency(machine) or None
-
-    def _stored_latency(self, machine: str) -> dict[str, dict[Bits, float]]:
-        table: dict[str, dict[Bits, float]] = {}
-        for (fqn, w, a), seconds in self.storage.get_latency(self.spec.model, self.spec.backend, machine).items():
-            table.setdefault(fqn, {})[Bits(w, a)] = seconds
-        return table
+        stored = self.get_json(TABLES)
+        return TargetTables.from_dict(stored["tables"]) if isinstance(stored, dict) else None  # type: ignore[arg-type]
 
     def get_json(self, kind: str) -> Json | None:
         """The study's latest artifact of `kind`, decoded, or None."""

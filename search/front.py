@@ -13,13 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from quant.config import BitConfig, ConfigError
-from quant.cost import BOPS, WBITS, LatencyTable, costs, shown_costs
+from quant.cost import BOPS, LATENCY, MEMORY, WBITS, TargetTables, costs, shown_costs
 from quant.layers import Layer
 from quant.quantities import Quantity, quantity
 from storage import EvaluationInfo
 from workloads.metrics import QUALITY
 
 PROMOTION_COSTS = (WBITS, BOPS)  # a candidate on the quality front vs either gets the full evaluation
+MEASURED_COSTS = (LATENCY, MEMORY)  # measured by every evaluation on real kernels; the tables predict them
+PREDICTION_TOLERANCE = 0.15  # a measured latency further than this from its prediction is flagged
 DEFAULT_OBJECTIVES = (QUALITY, WBITS)
 JsonConfig = dict[str, object]
 
@@ -35,6 +37,7 @@ class FrontPoint:
     measured: bool
     config: JsonConfig = field(repr=False)
     fidelities: tuple[str, ...] = ()
+    formats: dict[str, float] = field(default_factory=dict)  # share of layer slots per run label
 
     def value(self, name: str) -> float:
         return self.costs[name] if name in self.costs else self.metrics[name]
@@ -44,15 +47,45 @@ class FrontPoint:
 
 
 def measured_points(evaluations: Sequence[EvaluationInfo], layers: Sequence[Layer],
-                    latency: LatencyTable | None) -> list[FrontPoint]:
+                    tables: TargetTables | None) -> list[FrontPoint]:
     """One point per evaluated candidate (stored metrics are finite: NaN never reaches a front)."""
     by_candidate: dict[int, list[EvaluationInfo]] = {}
     for ev in evaluations:
         by_candidate.setdefault(ev.candidate_id, []).append(ev)
     return [FrontPoint(cid, str(evs[0].origin), {k: v for ev in evs for k, v in ev.metrics.items()},
-                       shown_costs(costs(BitConfig.from_dict(evs[0].config), layers, latency)),
-                       all(ev.measured for ev in evs), evs[0].config, tuple(ev.fidelity for ev in evs))
+                       _costs(evs, layers, tables), all(ev.measured for ev in evs), evs[0].config,
+                       tuple(ev.fidelity for ev in evs), _labels(evs))
             for cid, evs in by_candidate.items()]
+
+
+def _costs(evaluations: Sequence[EvaluationInfo], layers: Sequence[Layer],
+           tables: TargetTables | None) -> dict[str, float]:
+    """The config's computed costs (latency and memory predicted from the target's tables), and the
+    latency and memory its evaluation measured on real kernels (a simulated run measures nothing)."""
+    predicted = shown_costs(costs(BitConfig.from_dict(evaluations[0].config), layers, tables))
+    out = {(f"{name}_predicted" if name in MEASURED_COSTS else name): v for name, v in predicted.items()}
+    measured = [ev for ev in evaluations if ev.measured]
+    latency = next((ev.latency_s for ev in measured if ev.latency_s is not None), None)
+    memory = next((ev.peak_memory_bytes for ev in measured if ev.peak_memory_bytes is not None), None)
+    if latency is not None:
+        out[LATENCY] = latency * quantity(LATENCY).scale
+    if memory is not None:
+        out[MEMORY] = memory * quantity(MEMORY).scale
+    return out
+
+
+def _labels(evaluations: Sequence[EvaluationInfo]) -> dict[str, float]:
+    """How the layer slots ran (share of slots per run label) in the candidate's first evaluation."""
+    labels = evaluations[0].run_labels
+    total = sum(labels.values()) or 1
+    return {label: n / total for label, n in sorted(labels.items())}
+
+
+def prediction_error(point: FrontPoint, cost: str = LATENCY) -> float | None:
+    """(measured - predicted) / predicted of `cost`, or None when either is missing."""
+    predicted = point.costs.get(f"{cost}_predicted")
+    measured = point.costs.get(cost)
+    return None if not predicted or measured is None else (measured - predicted) / predicted
 
 
 def objective(name: str) -> Quantity:

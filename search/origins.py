@@ -16,7 +16,8 @@ from storage import Storage
 
 IMPORT = "import"  # published configs queued by `bitsearch import` (search.exports.importing)
 UNIFORM = "uniform"  # the uniform-bits baselines a study queues beside its solver's proposals
-SOURCES = (IMPORT, UNIFORM)
+HEURISTIC = "heuristic"  # the hand-made baselines (search.baselines: float-ends, first-last-N)
+SOURCES = (IMPORT, UNIFORM, HEURISTIC)
 
 
 def origin_names() -> list[str]:

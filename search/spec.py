@@ -62,10 +62,14 @@ def check_option(name: str, value: object) -> None:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     if name == "budget" and not isinstance(value, Budget):
         Budget.parse(items)
-    elif name in ("bits", "baselines"):
-        parsed = [Bits.parse(b) for b in items]
-        if name == "bits" and not parsed:
+    elif name == "bits":
+        if not [Bits.parse(b) for b in items]:
             raise ConfigError("give at least one bit-width, e.g. W8A8")
+    elif name == "baselines":
+        from search.baselines import check_baseline
+
+        for b in items:
+            check_baseline(str(b))
     elif name in ("estimators", "solver", "backend"):
         # lazily: the registries' modules import torch, and reading a stored spec needs none of them
         from quant.backends.base import BACKENDS
@@ -95,8 +99,9 @@ class StudySpec:
                                "candidate.", low=1, high=10_000)
     calibration_samples: int = option(10, "Images that calibrate activation ranges.", low=1, high=10_000)
     seed: int = option(0, "Seed of prompts, noise and estimators.", low=0, high=SEED_LIMIT - 1)
-    baselines: tuple[Bits, ...] = option(("W8A8", "W4A8"),
-                                         "Uniform configs evaluated beside the search.")
+    baselines: tuple[str, ...] = option(("uniform", "float-ends", "first-last-3"),
+                                        "Baselines evaluated beside the search: uniform (every bit pair of --bits), "
+                                        "float-ends, first-last-N, or a bit pair like W8A8.")
     full_samples: int = option(40, "Images of the full evaluation (alignment, distribution), for candidates "
                                "that may enter the front.", low=1, high=10_000)
     patience: int = option(8, "optuna: stop after this many trials in a row that did not improve the measured "
@@ -107,8 +112,7 @@ class StudySpec:
             check_option(f.name, getattr(self, f.name))
         # budget and bit-widths given as text become objects here, once
         object.__setattr__(self, "budget", self.budget if isinstance(self.budget, Budget) else Budget.parse(self.budget))
-        for name in ("bits", "baselines"):
-            object.__setattr__(self, name, tuple(Bits.parse(b) for b in getattr(self, name)))
+        object.__setattr__(self, "bits", tuple(Bits.parse(b) for b in self.bits))
         if self.timestep_groups > self.num_steps:
             raise ConfigError(f"timestep_groups must be between 1 and num_steps ({self.num_steps})")
 
@@ -147,13 +151,13 @@ class StudySpec:
 def check_budget(spec: StudySpec, layers: Sequence[Layer]) -> None:
     """Reject a budget that no config of `spec.bits` meets. Every budget metric grows with the bits of
     each layer independently, so the cheapest uniform config reaches each limit's lowest value.
-    Latency limits are checked by the solver once the study has measured its latency table."""
+    Latency and memory limits are checked by the solver once the study has measured the target's tables."""
     from quant.config import BitConfig
     from quant.cost import cost_of, costs, full_precision_costs
 
     reference = full_precision_costs(layers, spec.num_steps)
     for lim in spec.budget.limits:
-        if lim.needs_latency_table:
+        if lim.measured:  # the solver checks these against the target's tables, once measured
             continue
         low = min(cost_of(costs(BitConfig.uniform(spec.groups, b), layers), lim.metric) for b in spec.bits)
         cap = lim.absolute(reference)

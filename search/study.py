@@ -20,14 +20,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from quant.config import BitConfig
 from quant.layers import Layer
 from quant.scores import Scores
 from search.cache import StudyCache
 from search.evaluation import CHEAP, FULL, StudyEvaluator, evaluation_counts
 from search.executors.base import Executor
 from search.front import DEFAULT_OBJECTIVES, FrontPoint, measured_points, pareto, promotable
-from search.origins import UNIFORM, add_candidates
+from search.origins import HEURISTIC, UNIFORM, add_candidates
 from search.spec import StudySpec, check_budget
 from solvers.base import Measurement, Proposal, Solver
 from solvers.problem import Problem
@@ -116,10 +115,8 @@ class Study:
         first: dict[str, Scores] = {}
         for s in scores:
             first.setdefault(s.metric, s)
-        needs_table = any(lim.needs_latency_table for lim in self.spec.budget.limits)
         return Problem(list(layers), self.spec.groups, list(first.values()), self.spec.budget,
-                       backend=self.spec.backend, candidates=list(self.spec.bits),
-                       latency=self.cache.latency_table(progress) if needs_table else None)
+                       backend=self.spec.backend, candidates=list(self.spec.bits), tables=self.cache.tables(progress))
 
     def solver(self, progress: Progress = print) -> Solver:
         """The study's solver, keeping any state of its own in the study's database (it resumes too)."""
@@ -171,8 +168,12 @@ class Study:
         return Measurement({"degradation": -cheap.metrics[QUALITY]}, reference=cid)
 
     def _add_baselines(self) -> None:
-        uniform = [BitConfig.uniform(self.spec.groups, b).to_dict() for b in self.spec.baselines]
-        add_candidates(self.storage, self.name, uniform, UNIFORM, fidelity=CHEAP)
+        from search.baselines import baseline_configs
+
+        for config in baseline_configs(self.spec.baselines, self.spec.bits, self.spec.groups, self.layers()):
+            uniform = len({b for plan in config.resolve([x.fqn for x in self.layers()]).values() for b in plan}) == 1
+            add_candidates(self.storage, self.name, [config.to_dict()], UNIFORM if uniform else HEURISTIC,
+                           fidelity=CHEAP)
 
     def promote(self, progress: Progress = print, dry_run: bool = False) -> int:
         """Queue the `full` evaluation of every cheaply evaluated candidate that may enter a front;
@@ -212,7 +213,7 @@ class Study:
         evaluations = self.storage.list_evaluations(self.name)
         if not evaluations:
             return []
-        return measured_points(evaluations, self.layers(), self.cache.solved_latency_table())
+        return measured_points(evaluations, self.layers(), self.cache.solved_tables())
 
     def pareto(self, objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> list[FrontPoint]:
         return pareto(self.front_points(), objectives)

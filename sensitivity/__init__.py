@@ -18,10 +18,11 @@ from sensitivity.gradient import GradientEstimator
 from sensitivity.hessian import HessianEstimator
 from sensitivity.kurtosis import KurtosisEstimator
 from sensitivity.mse import MSEEstimator
+from sensitivity.naive import NaiveEstimator
 from sensitivity.validate import Measurements, Validation, correlate, measure, validate
 
 __all__ = [
     "DecoupledEstimator", "Estimator", "EstimatorError", "GradientEstimator", "HessianEstimator",
-    "KurtosisEstimator", "MSEEstimator", "Measurements", "Validation", "correlate", "estimator_names",
+    "KurtosisEstimator", "MSEEstimator", "Measurements", "NaiveEstimator", "Validation", "correlate", "estimator_names",
     "estimator_options", "get_estimator", "measure", "register", "validate",
 ]

@@ -51,6 +51,8 @@ class Estimator(ABC):
 
     name: ClassVar[str]
     metric: Metric = "quality"
+    # False for a baseline that only counts (`naive`): it sees no timestep, so its groups differ by size alone
+    runs_model: ClassVar[bool] = True
 
     def __init__(self, *, seed: int = 0, progress: bool = True) -> None:
         self.seed = seed

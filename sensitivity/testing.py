@@ -110,7 +110,10 @@ class EstimatorSuite:
             before = snapshot(workload.denoiser)
             scores = make_estimator(seed=3, **FAST).estimate(workload, some_layers, BITS, 2)
             after = snapshot(workload.denoiser)
-        assert set(workload.splits_seen) == {"calibration"}, f"generated on {set(workload.splits_seen)}"
+        # calibration prompts only (a model-free estimator generates nothing): never the eval split
+        assert set(workload.splits_seen) <= {"calibration"}, f"generated on {set(workload.splits_seen)}"
+        if make_estimator(**FAST).runs_model:
+            assert workload.splits_seen, "an estimator that runs the model generated nothing"
         return scores, before, after
 
     def test_covers_every_entry_finite_nonnegative(self, results: Results, some_layers: list[str],
@@ -134,7 +137,10 @@ class EstimatorSuite:
         w8 = sum(v for (_, _, b), v in scores.values.items() if b.w == 8)
         assert w2 > w8
 
-    def test_groups_are_scored_separately(self, results: Results, some_layers: list[str]) -> None:
+    def test_groups_are_scored_separately(self, results: Results, some_layers: list[str],
+                                          make_estimator: Callable[..., Estimator]) -> None:
+        if not make_estimator(**FAST).runs_model:
+            pytest.skip("a model-free estimator sees no timestep: equal groups score alike")
         scores, _, _ = results
         b = Bits.parse("W2A16")
         assert [scores.get(n, 0, b) for n in some_layers] != [scores.get(n, 1, b) for n in some_layers]

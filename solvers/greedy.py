@@ -44,7 +44,7 @@ def greedy(problem: Problem) -> BitConfig:
     deg_total = {m: sum(d[m] for d in unit_deg) for m in p.max_degradation}
 
     def exceeded() -> frozenset[str]:
-        return frozenset(m for m in limits if total[m] > p.caps[m])
+        return frozenset(m for m in limits if total[m] > p.layer_caps[m])
 
     def moves(u: int) -> list[list[int]]:
         """Choices one step from the current one: one group to another candidate, or every group's

@@ -111,8 +111,10 @@ class _Model:
 
     def _cap(self, name: str, value: float | None = None) -> float:
         p = self.problem
-        cap = value if value is not None else (
-            p.max_degradation[name[len(_DEG):]] if name.startswith(_DEG) else p.caps[name])
+        if name.startswith(_DEG):
+            cap = value if value is not None else p.max_degradation[name[len(_DEG):]]
+        else:  # the rows sum the layers: what the rest of the model spends comes off the limit
+            cap = (value if value is not None else p.caps[name]) - p.fixed.get(name, 0.0)
         return cap / self.scale[name]
 
     def set_cap(self, name: str, absolute: float) -> None:
@@ -137,7 +139,10 @@ class _Model:
         elif name == MEMORY and p.derive_lower:
             self.scale[name] = float(p.reference.resident_weight_bytes)
             terms = self._highest_copy_terms()
-        else:  # size, or memory without derive_lower: every distinct precision is a copy
+        elif name == MEMORY and p.tables is not None:  # measured: every distinct pair's kernel holds its tensors
+            self.scale[name] = cost_of(p.reference, name)
+            terms = self._pair_copy_terms()
+        else:  # size, or memory without tables: every distinct weight precision is a copy
             self.scale[name] = cost_of(p.reference, name)
             terms = self._copy_terms()
         s = self.scale[name]
@@ -172,6 +177,21 @@ class _Model:
                 self._y.append(ys)
         return [(y, float(self.problem.units[u].weight_bytes[w])) for u, ys in enumerate(self._y) for w, y in ys.items()]
 
+    def _pair_copy_terms(self) -> list[tuple[Any, float]]:
+        """z[u][b] >= x[u][g][b] in every group: pair b's kernel is held if any group runs it."""
+        import pulp
+
+        terms: list[tuple[Any, float]] = []
+        for u, unit in enumerate(self.problem.units):
+            assert unit.held_bytes is not None
+            for i, b in enumerate(sorted(unit.held_bytes)):
+                z = pulp.LpVariable(f"z_{u}_{i}", 0, 1)
+                for g, cands in enumerate(unit.candidates):
+                    if b in cands:
+                        self.prob += z >= self.x[u][g][cands.index(b)], f"pair_{u}_{i}_{g}"
+                terms.append((z, float(unit.held_bytes[b])))
+        return terms
+
     def _highest_copy_terms(self) -> list[tuple[Any, float]]:
         import pulp
 
@@ -179,12 +199,14 @@ class _Model:
         for u, flags in enumerate(self._weight_flags):
             unit, prev = self.problem.units[u], 0.0
             ws = unit.weight_bits()
+            held = unit.weight_bytes if unit.held_bytes is None else {  # measured: the widest pair of each width
+                w: max(n for b, n in unit.held_bytes.items() if b.w == w) for w in ws}
             for k, w in enumerate(ws):
                 t = pulp.LpVariable(f"t_{u}_{w}", 0, 1)
                 for g in range(len(self.problem.groups)):
                     self.prob += t >= pulp.lpSum(flags[v][g] for v in ws[k:]), f"high_{u}_{w}_{g}"
-                terms.append((t, max(unit.weight_bytes[w] - prev, 0.0)))
-                prev = max(prev, unit.weight_bytes[w])
+                terms.append((t, max(held[w] - prev, 0.0)))
+                prev = max(prev, held[w])
         return terms
 
     def _switch_limits(self, limit: int) -> None:

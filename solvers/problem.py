@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from quant.budget import Budget, Limit
 from quant.config import (
@@ -37,7 +37,7 @@ from quant.cost import (
     SIZE,
     WBITS,
     Costs,
-    LatencyTable,
+    TargetTables,
     costs,
     full_precision_costs,
     packed_weight_bytes,
@@ -45,6 +45,9 @@ from quant.cost import (
 from quant.errors import BitsearchError
 from quant.layers import Layer
 from quant.scores import Scores
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 DEGRADATION_LIMIT = "max_degradation."  # prefix naming a cap on predicted degradation as a limit
 
@@ -89,7 +92,8 @@ class Unit:
     objective: tuple[tuple[float, ...], ...]  # [group][candidate] weighted predicted degradation
     degradation: Mapping[str, tuple[tuple[float, ...], ...]]  # per score metric, [group][candidate]
     linear: Mapping[str, tuple[tuple[float, ...], ...]]  # per linear cost metric, [group][candidate]
-    weight_bytes: Mapping[int, int]  # packed bytes of all the unit's layers at each weight bits
+    weight_bytes: Mapping[int, int]  # packed bytes of all the unit's layers at each weight bits (size)
+    held_bytes: Mapping[Bits, int] | None  # bytes each pair's kernels hold, measured (None: no target tables)
 
     @property
     def fqns(self) -> tuple[str, ...]:
@@ -126,7 +130,7 @@ class Problem:
         candidates: Iterable[Bits | str] | None = None,
         weights: Mapping[str, float] | None = None,
         max_degradation: Mapping[str, float] | None = None,
-        latency: LatencyTable | None = None,
+        tables: TargetTables | None = None,
         pins: Mapping[str, PinValue] | None = None,
         ties: Sequence[str | Sequence[str]] | None = None,
         max_weight_switches: int | None = None,
@@ -137,7 +141,7 @@ class Problem:
         self._kwargs: dict[str, Any] = dict(
             layers=layers, groups=groups, scores=scores, budget=budget, backend=backend,
             candidates=candidates if candidates is None else tuple(candidates), weights=weights,
-            max_degradation=max_degradation, latency=latency, pins=pins, ties=ties,
+            max_degradation=max_degradation, tables=tables, pins=pins, ties=ties,
             max_weight_switches=max_weight_switches, derive_lower=derive_lower,
             weight_group_size=weight_group_size, score_multipliers=score_multipliers,
         )
@@ -146,7 +150,10 @@ class Problem:
         self.layers = tuple(layers)
         self.groups = groups
         self.budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
-        self.latency = latency
+        self.tables = tables
+        # what a config costs whatever its bits: the ops and parameters outside the quantizable layers
+        self.fixed: dict[str, float] = {} if tables is None else {LATENCY: tables.rest_latency_s,
+                                                                   MEMORY: float(tables.rest_bytes)}
         self.derive_lower = derive_lower
         self.weight_group_size = weight_group_size
         self.max_weight_switches = max_weight_switches
@@ -164,12 +171,12 @@ class Problem:
         self.total_params = sum(layer.params for layer in self.layers) or 1
 
         metrics = [lim.metric for lim in self.budget.limits]
-        if LATENCY in metrics and latency is None:
-            raise ConfigError("a latency budget needs a latency table measured on the target machine")
-        self.reference: Costs = full_precision_costs(
-            self.layers, groups.num_steps, latency if LATENCY in metrics else None
-        )
+        if LATENCY in metrics and tables is None:
+            raise ConfigError("a latency budget needs the target's tables measured on this machine (quant.targets)")
+        self.reference: Costs = full_precision_costs(self.layers, groups.num_steps, tables)
         self.caps: dict[str, float] = {lim.metric: lim.absolute(self.reference) for lim in self.budget.limits}
+        # what the quantizable layers may spend under each limit (the solvers' rows sum the layers only)
+        self.layer_caps = {m: cap - self.fixed.get(m, 0.0) for m, cap in self.caps.items()}
 
         allowed = self._candidates(backend, self._kwargs["candidates"])
         pinned = self._pins(pins or {}, allowed)
@@ -351,21 +358,14 @@ class Problem:
             WBITS: table(lambda g, b: self.fractions[g] * params * b.w / self.total_params),
             BOPS: table(lambda g, b: self.fractions[g] * macs * b.w * b.a),
         }
-        if LATENCY in self.caps:
-            assert self.latency is not None
-            linear[LATENCY] = table(lambda g, b: self.fractions[g] * sum(self._latency(f, b) for f in fqns))
+        if self.tables is not None:
+            latency = self.tables.latency
+            linear[LATENCY] = table(lambda g, b: self.fractions[g] * sum(_entry(latency, f, b) for f in fqns))
         wb = {b.w for c in per_group for b in c}
         weight_bytes = {w: sum(packed_weight_bytes(layer, w, self.weight_group_size) for layer in layers) for w in wb}
-        return Unit(layers, tuple(per_group), objective, degradation, linear, weight_bytes)
-
-    def _latency(self, fqn: str, bits: Bits) -> float:
-        assert self.latency is not None
-        try:
-            return float(self.latency[fqn][bits])
-        except KeyError:
-            raise ConfigError(
-                f"latency table has no entry for {fqn} at {bits}; rebuild it with every candidate bit pair"
-            ) from None
+        held = None if self.tables is None else {
+            b: sum(_entry(self.tables.memory, f, b) for f in fqns) for c in per_group for b in c}
+        return Unit(layers, tuple(per_group), objective, degradation, linear, weight_bytes, held)
 
     # ---- evaluation of plans (one Plan per unit) ---------------------------------------------------
     def unit_costs(self, u: int, plan: Plan) -> dict[str, float]:
@@ -374,7 +374,11 @@ class Problem:
         out = {m: sum(t[g][unit.candidates[g].index(b)] for g, b in enumerate(plan)) for m, t in unit.linear.items()}
         distinct = {b.w for b in plan}
         out[SIZE] = float(sum(unit.weight_bytes[w] for w in distinct))
-        out[MEMORY] = float(unit.weight_bytes[max(distinct)]) if self.derive_lower else out[SIZE]
+        if unit.held_bytes is None:  # packed bytes: a proxy until the target's tables are measured
+            out[MEMORY] = float(unit.weight_bytes[max(distinct)]) if self.derive_lower else out[SIZE]
+        else:  # each distinct pair's kernel holds its tensors (derive_lower: the widest weights only)
+            kept = {max(plan, key=lambda b: b.w)} if self.derive_lower else set(plan)
+            out[MEMORY] = float(sum(unit.held_bytes[b] for b in kept))
         return out
 
     def unit_terms(self, u: int, plan: Plan) -> tuple[float, dict[str, float]]:
@@ -422,7 +426,7 @@ class Problem:
         return out
 
     def costs(self, config: BitConfig) -> Costs:
-        return costs(config, self.layers, self.latency if LATENCY in self.caps else None, self.derive_lower)
+        return costs(config, self.layers, self.tables, self.derive_lower)
 
     def violations(self, config: BitConfig, budget: Budget | None = None) -> list[str]:
         """Every way `config` breaks this problem (or `budget` in place of its own), by quant.cost.costs
@@ -491,6 +495,15 @@ class Problem:
             + ("" if others else " or allow lower bits"),
             name, user_cap, user_low,
         )
+
+
+def _entry(table: Mapping[str, Mapping[K, V]], fqn: str, key: K) -> V:
+    """A measured table's entry, or a ConfigError naming the missing one."""
+    try:
+        return table[fqn][key]
+    except KeyError:
+        raise ConfigError(f"the target's tables have no entry for {fqn} at {key}; measure them with every "
+                          "candidate bit pair") from None
 
 
 def _round_up(value: float, digits: int = 6) -> str:

@@ -12,6 +12,7 @@ device: every shape is right and nothing is allocated, which is all the layer in
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,9 @@ BUILTIN_CONFIGS = Path(__file__).parent / "model_configs"
 
 # Where a pipeline keeps its denoiser, in the order we look.
 DENOISER_SUBFOLDERS = ("unet", "transformer")
+# The timestep-embedding layers of diffusers' UNets (time_embedding), DiT/PixArt (timestep_embedder,
+# t_embedder) and the built-in model: kept in float by the `float-ends` baseline.
+TIME_EMBEDDING = re.compile(r"time_?emb|timestep_?emb|t_embedder")
 
 _WEIGHTS_STEM = "diffusion_pytorch_model"
 

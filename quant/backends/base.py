@@ -20,7 +20,7 @@ Contract for implementations (checked by `quant.backends.testing` for every regi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -80,6 +80,35 @@ def float_forward(module: Quantizable, x: Tensor, weight: Tensor) -> Tensor:
     if isinstance(module, nn.Conv2d):
         return module._conv_forward(x, weight.to(x.dtype), bias)
     return nn.functional.linear(x, weight.to(x.dtype), bias)
+
+
+def weightless_op(module: Quantizable) -> tuple[Callable[[Tensor, Tensor], Tensor], list[Tensor]]:
+    """The module's float op as a function of (input, weight) that keeps its bias but not its weight (a
+    kernel that brings its own weight must not keep the float one alive), and the tensors it holds."""
+    bias = module.bias.detach() if module.bias is not None else None
+    held = [] if bias is None else [bias]
+    if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":  # the module's own padding op
+        return (lambda x, w: float_forward(module, x, w)), [module.weight, *held]
+    if isinstance(module, nn.Conv2d):
+        args = (module.stride, module.padding, module.dilation, module.groups)
+        return (lambda x, w: nn.functional.conv2d(x, w.to(x.dtype), _cast(bias, x), *args)), held  # type: ignore[arg-type]
+    return (lambda x, w: nn.functional.linear(x, w.to(x.dtype), _cast(bias, x))), held
+
+
+def _cast(t: Tensor | None, like: Tensor) -> Tensor | None:
+    return None if t is None else t.to(like.dtype)
+
+
+def storage_bytes(tensors: Iterable[Tensor]) -> int:
+    """Bytes of the storages behind `tensors`, each counted once; oneDNN's prepacked tensors are
+    opaque: their elements are counted."""
+    seen: dict[tuple[str, int], int] = {}
+    for t in tensors:
+        try:
+            seen["ptr", t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        except NotImplementedError:
+            seen["id", id(t)] = t.numel() * t.element_size()
+    return sum(seen.values())
 
 
 def float_kernel(module: Quantizable) -> LayerKernel:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from quant.backends.base import Backend, LayerKernel, Quantizable, float_forward, float_kernel, register
+from quant.backends.base import Backend, LayerKernel, Quantizable, float_kernel, register, weightless_op
 from quant.config import HIGH_PRECISION, Bits
 from quant.errors import UnsupportedBits
 from quant.layers import LayerKind
@@ -93,7 +93,7 @@ def _int8_kernel(module: Quantizable, qw: QuantizedWeight, packed: Tensor, a_bit
             xq, scale, ACT_ZERO_POINT, packed, w_scales, w_zeros, bias, 1.0, 0, x.dtype, "none", [], ""
         )
 
-    return LayerKernel("int8-kernel", run, [packed, w_scales])
+    return LayerKernel("int8-kernel", run, [packed, w_scales, *([] if bias is None else [bias])])
 
 
 def _weight_only_kernel(module: Quantizable, kind: LayerKind, qw: QuantizedWeight) -> LayerKernel:
@@ -105,12 +105,12 @@ def _weight_only_kernel(module: Quantizable, kind: LayerKind, qw: QuantizedWeigh
     # No integer kernel for this width: keep the codes, expand them at each call.
     scales = qw.per_channel_scales()
     codes = qw.codes
+    op, held = weightless_op(module)
 
     def run(x: Tensor, _scale: float | None) -> Tensor:
-        w = codes.to(x.dtype) * scales.to(x.dtype).view(-1, *([1] * (codes.dim() - 1)))
-        return float_forward(module, x, w)
+        return op(x, codes.to(x.dtype) * scales.to(x.dtype).view(-1, *([1] * (codes.dim() - 1))))
 
-    return LayerKernel("dequantize-float", run, [codes, scales])
+    return LayerKernel("dequantize-float", run, [codes, scales, *held])
 
 
 def _int8pack_kernel(module: Quantizable, qw: QuantizedWeight) -> LayerKernel:
@@ -123,7 +123,7 @@ def _int8pack_kernel(module: Quantizable, qw: QuantizedWeight) -> LayerKernel:
         y = _aten._weight_int8pack_mm(x2, codes, scales).reshape(*x.shape[:-1], -1).to(x.dtype)
         return y + bias.to(x.dtype) if bias is not None else y
 
-    return LayerKernel("weight-only-kernel", run, [codes, scales])
+    return LayerKernel("weight-only-kernel", run, [codes, scales, *([] if bias is None else [bias])])
 
 
 def _int4pack_kernel(module: Quantizable, qw: QuantizedWeight) -> LayerKernel:
@@ -144,4 +144,4 @@ def _int4pack_kernel(module: Quantizable, qw: QuantizedWeight) -> LayerKernel:
         y = y.reshape(*x.shape[:-1], out_features).to(x.dtype)
         return y + bias.to(x.dtype) if bias is not None else y
 
-    return LayerKernel("weight-only-kernel", run, [packed, scales_zeros])
+    return LayerKernel("weight-only-kernel", run, [packed, scales_zeros, *([] if bias is None else [bias])])

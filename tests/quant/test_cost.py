@@ -4,7 +4,7 @@ import pytest
 
 from quant.budget import Budget, Limit
 from quant.config import BitConfig, ConfigError, TimestepGroups
-from quant.cost import costs, full_precision_costs, packed_weight_bytes
+from quant.cost import TargetTables, costs, full_precision_costs, packed_weight_bytes
 from quant.layers import Layer
 
 LAYERS = [
@@ -44,14 +44,31 @@ def test_every_distinct_weight_precision_is_a_resident_copy() -> None:
     assert costs(per_step, LAYERS, derive_lower=True).resident_weight_bytes == costs(single, LAYERS).weight_bytes
 
 
-def test_latency_from_table() -> None:
+def _tables() -> TargetTables:
     from quant.config import Bits
 
-    table = {la.fqn: {Bits(8, 8): 1.0, Bits(4, 8): 0.5} for la in LAYERS}
+    return TargetTables(latency={la.fqn: {Bits(8, 8): 1.0, Bits(4, 8): 0.5} for la in LAYERS},
+                        memory={la.fqn: {Bits(8, 8): 100, Bits(4, 8): 100} for la in LAYERS}, rest_latency_s=0.2, rest_bytes=7,
+                        float_format="bf16", float_latency_s=4.0, float_bytes=1000)
+
+
+def test_latency_and_memory_from_the_targets_measured_tables() -> None:
+    tables = _tables()
     cfg = BitConfig(GROUPS, {"_default": ["W8A8", "W4A8"]})
-    assert costs(cfg, LAYERS, latency=table).latency_s == pytest.approx(3 * (0.25 * 1.0 + 0.75 * 0.5))
-    with pytest.raises(KeyError, match="no entry for conv_in at W16A16"):
-        costs(BitConfig(GROUPS), LAYERS, latency=table)
+    c = costs(cfg, LAYERS, tables)
+    assert c.latency_s == pytest.approx(0.2 + 3 * (0.25 * 1.0 + 0.75 * 0.5))  # the rest of the call + the layers
+    # two weight precisions are two resident copies, held as the kernels hold them (W4 in int8 containers:
+    # the same bytes as W8), plus every parameter outside the quantizable layers
+    assert c.resident_weight_bytes == 7 + 3 * (100 + 100)
+    assert costs(cfg, LAYERS, tables, derive_lower=True).resident_weight_bytes == 7 + 3 * 100
+    assert c.weight_bytes == costs(cfg, LAYERS).weight_bytes  # size at rest stays packed
+    # relative budgets are relative to the fastest float format, measured
+    ref = full_precision_costs(LAYERS, tables=tables)
+    assert (ref.latency_s, ref.resident_weight_bytes) == (4.0, 1000)
+    assert Budget.parse("memory=0.5x,latency=0.6x").violations(c, ref) == ["memory 607 > 500 (memory=0.5x)"]
+    assert TargetTables.from_dict(tables.to_dict()) == tables
+    with pytest.raises(KeyError, match="no entry for conv_in at W16"):
+        costs(BitConfig(GROUPS), LAYERS, tables)
 
 
 def test_budget_parsing_and_violations() -> None:

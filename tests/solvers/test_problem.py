@@ -68,5 +68,5 @@ def test_scores_for_other_groups_are_rejected_and_remap_keeps_totals(layers: lis
 def test_metric_weights_and_constraints_are_checked(layers: list[Layer], scores: Scores) -> None:
     with pytest.raises(ConfigError, match="no Scores for metric 'alignment'"):
         problem(layers, scores, max_degradation={"alignment": 1.0})
-    with pytest.raises(ConfigError, match="a latency table"):
+    with pytest.raises(ConfigError, match="needs the target.s tables"):
         problem(layers, scores, budget="latency=0.5x")

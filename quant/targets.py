@@ -1,0 +1,203 @@
+"""Targets: where a config will run, a device with a backend.
+
+A target owns a catalogue of the formats its kernels really implement (`formats`: each W/A pair a
+study may use, named from the bits and from how the backend's kernel for a linear layer runs, plus
+the floats fp32 and bf16) and measures each of them on the machine (`measure_tables`): seconds per
+denoiser call of every quantizable layer at every pair, bytes its kernels hold at every weight
+bit-width, the rest of the call, and the fastest float format, timed whole. `describe` turns those
+tables into one row per format: what the whole model would cost in it, relative to the fastest float.
+
+Timing is CPU time of the process (`time.process_time`, every thread counted), the median of
+`repeats` after one warm-up, like `quant.latency`. Bytes are storages really held, each counted once.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from quant.apply import QuantizedModel, QuantLayer, quantized
+from quant.backends.base import Backend, RunLabel, get_backend, storage_bytes
+from quant.calibrate import ActivationRanges
+from quant.config import BitConfig, Bits, TimestepGroups
+from quant.cost import MemoryTable, TargetTables
+from quant.errors import UnsupportedBits
+from quant.latency import FULL, measure_latency
+from quant.layers import LayerKind, quantizable_modules
+
+FP32, BF16 = "fp32", "bf16"
+
+
+@dataclass(frozen=True)
+class Format:
+    """A format a target's kernels implement: the W/A pair it maps to (the floats are W16A16) and how
+    a linear layer (`label`) and a conv layer (`conv_label`, None: no conv kernel) run in it."""
+
+    name: str
+    bits: Bits
+    label: RunLabel
+    conv_label: RunLabel | None
+    description: str
+
+
+FLOAT_FORMATS = (
+    Format(FP32, FULL, "float", "float", "float32 weights and activations: the model as loaded"),
+    Format(BF16, FULL, "float", "float", "bfloat16 weights and activations: the whole model cast"),
+)
+
+
+def formats(backend: str | Backend, bits: Sequence[Bits | str]) -> list[Format]:
+    """The floats, then a named format for each quantized pair of `bits`, from the label the backend's
+    kernel reports on a probe linear layer (in_features 64) and a probe conv (UnsupportedBits when the
+    backend has no linear kernel for a pair)."""
+    be = get_backend(backend)
+    with torch.random.fork_rng(devices=[]):  # the probes' init leaves the caller's seeded RNG alone
+        probes: dict[LayerKind, nn.Linear | nn.Conv2d] = {"linear": nn.Linear(64, 64), "conv": nn.Conv2d(16, 16, 3)}
+    out = list(FLOAT_FORMATS)
+    for b in sorted({Bits.parse(x) for x in bits} - {FULL}):
+        labels: dict[LayerKind, RunLabel | None] = {}
+        for kind, module in probes.items():
+            with torch.no_grad():
+                labels[kind] = be.kernels(module, kind, {b})[b].label if be.supports(b, kind) else None
+        label = labels["linear"]
+        if label is None:
+            raise UnsupportedBits(f"backend {be.name!r} has no linear kernel for {b}; it is not a format of this target")
+        out.append(_format(b, label, labels["conv"]))
+    return out
+
+
+def _format(b: Bits, label: RunLabel, conv_label: RunLabel | None) -> Format:
+    if label == "int8-kernel" and (b.w, b.a) == (8, 8):
+        name, text = "int8", "W8A8: int8 weights and activations on an integer GEMM/conv"
+    elif label == "int8-kernel":
+        name = f"w{b.w}a{b.a}-int8-container"
+        text = (f"{b}: codes on {b.w}-bit (weights) and {b.a}-bit (activations) grids held in int8 and run by "
+                f"the int8 kernel: the quality of {b}, the memory and speed of W8A8")
+    elif label == "weight-only-kernel":
+        name = f"int{b.w}-weight-only"
+        text = f"{b}: int{b.w} weights consumed by a mixed-dtype kernel with float activations (saves memory, not time)"
+    elif label == "dequantize-float":
+        name = f"w{b.w}a{b.a}-dequantize"
+        text = f"{b}: {b.w}-bit codes held in int8, expanded to float at every call (saves memory, costs time)"
+    else:
+        name, text = f"w{b.w}a{b.a}-{label}", f"{b}: {label} (numerics only, latency and memory not measured)"
+    if conv_label != label:
+        text += f"; conv layers: {conv_label or 'no kernel'}"
+    return Format(name, b, label, conv_label, text)
+
+
+def resident_bytes(model: nn.Module | QuantizedModel) -> int:
+    """Bytes a (possibly quantized) model holds: every parameter and buffer plus every tensor its
+    QuantLayers' kernels hold (`LayerKernel.held`), each storage counted once.
+
+    The float modules a QuantLayer keeps for `restore()` are not counted: deployment drops them
+    (`QuantizedModel.drop_originals`). Tensors a kernel keeps alive without listing them in `held`
+    (its closure's) are invisible here."""
+    m = model.model if isinstance(model, QuantizedModel) else model
+    held = (t for q in m.modules() if isinstance(q, QuantLayer) for k in q.kernels.values() for t in k.held)
+    return storage_bytes([*m.parameters(), *m.buffers(), *held])
+
+
+def measure_memory(model: nn.Module, bits: Sequence[Bits | str], backend: str | Backend = "int8",
+                   ranges: ActivationRanges | None = None) -> MemoryTable:
+    """Bytes each quantizable layer's kernels hold at each pair of `bits` (each quantized uniformly),
+    and at W16A16 (the layer's own weight and bias as they are)."""
+    modules = quantizable_modules(model)
+    table: dict[str, dict[Bits, int]] = {
+        fqn: {FULL: storage_bytes(t for t in (m.weight, m.bias) if isinstance(t, Tensor))}
+        for fqn, (m, _kind) in modules.items()}
+    groups = TimestepGroups(1) if ranges is None else ranges.groups
+    for b in sorted({Bits.parse(x) for x in bits} - {FULL}):
+        with torch.no_grad(), quantized(model, BitConfig.uniform(groups, b), backend, ranges) as qm:
+            for fqn, q in qm.layers.items():
+                table[fqn][b] = q.held_bytes()
+    return table
+
+
+def measure_tables(model: nn.Module, inputs: Mapping[str, Any], bits: Sequence[Bits | str],
+                   backend: str = "int8", ranges: ActivationRanges | None = None,
+                   repeats: int = 5) -> TargetTables:
+    """Measure `model` (float32, as loaded) on this machine with `backend`'s kernels; one denoiser call
+    is `model(**inputs)`. The rest of the call is the fp32 call minus its layers' W16A16 times (at least
+    0); the float format is whichever of fp32 and bf16 (a cast copy) runs one whole call faster."""
+    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+    if dtypes - {torch.float32}:
+        raise ValueError(f"measure_tables times the model as fp32 but it holds {sorted(map(str, dtypes))}; "
+                         "load it in float32")
+    with torch.no_grad():
+        latency = measure_latency(model, lambda: model(**inputs), bits, backend, ranges, repeats)
+        memory = measure_memory(model, bits, backend, ranges)
+        fp32 = (_time_call(lambda: model(**inputs), repeats), FP32, resident_bytes(model))
+        half = copy.deepcopy(model).to(torch.bfloat16)
+        half_inputs = _to_bf16(inputs)
+        bf16 = (_time_call(lambda: half(**half_inputs), repeats), BF16, resident_bytes(half))
+    layers = quantizable_modules(model)
+    in_layers = storage_bytes(t for m, _kind in layers.values() for t in (*m.parameters(), *m.buffers()))
+    rest_bytes = storage_bytes([*model.parameters(), *model.buffers()]) - in_layers
+    rest_latency_s = max(0.0, fp32[0] - sum(per[FULL] for per in latency.values()))
+    seconds, name, nbytes = min(fp32, bf16)
+    return TargetTables(latency, memory, rest_latency_s, rest_bytes, name, seconds, nbytes)
+
+
+def describe(tables: TargetTables, formats: Sequence[Format]) -> list[dict[str, object]]:
+    """One row per format: one denoiser call's latency (ms) and resident MB if the whole model ran in
+    it (the measured call for the fastest float, its layers' entries plus the rest otherwise), and both
+    relative to the fastest float format (x). The slower float's row is measured only for fp32 (its
+    layers at W16A16); a slower bf16 was not recorded: None."""
+    rows: list[dict[str, object]] = []
+    for f in formats:
+        seconds: float | None
+        nbytes: int | None
+        if f.name == tables.float_format:
+            seconds, nbytes = tables.float_latency_s, tables.float_bytes
+        elif f.name == BF16:
+            seconds = nbytes = None
+        else:
+            seconds = tables.rest_latency_s + sum(_entry(tables.latency, fqn, f.bits) for fqn in tables.latency)
+            nbytes = tables.rest_bytes + sum(_entry(tables.memory, fqn, f.bits) for fqn in tables.memory)
+        rows.append({"name": f.name, "bits": str(f.bits), "label": f.label,
+                     "latency_ms": None if seconds is None else seconds * 1e3,
+                     "memory_mb": None if nbytes is None else nbytes * 1e-6,
+                     "latency_x": _ratio(seconds, tables.float_latency_s), "memory_x": _ratio(nbytes, tables.float_bytes),
+                     "description": f.description})
+    return rows
+
+
+def _entry(table: Mapping[str, Mapping[Any, Any]], fqn: str, key: object) -> Any:
+    try:
+        return table[fqn][key]
+    except KeyError:
+        raise KeyError(f"target tables have no entry for {fqn} at {key}; measure them with these bits") from None
+
+
+def _ratio(value: float | None, reference: float) -> float | None:
+    return None if value is None or reference <= 0 else value / reference
+
+
+def _time_call(run: Callable[[], object], repeats: int) -> float:
+    """Median CPU seconds of the process for `run()`, after one warm-up."""
+    samples = []
+    for i in range(repeats + 1):
+        t0 = time.process_time()
+        run()
+        if i:
+            samples.append(time.process_time() - t0)
+    return statistics.median(samples)
+
+
+def _to_bf16(value: Any) -> Any:
+    """`value` with every floating tensor cast to bfloat16 (through dicts, lists and tuples)."""
+    if isinstance(value, Tensor):
+        return value.to(torch.bfloat16) if value.is_floating_point() else value
+    if isinstance(value, Mapping):
+        return {k: _to_bf16(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_bf16(v) for v in value)
+    return value
