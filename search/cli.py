@@ -497,9 +497,10 @@ def _print_validation(results: list[dict[str, Any]]) -> None:
 @app.command()
 def pareto(
     name: Annotated[str, typer.Argument(help="Study name.")],
-    objectives: Annotated[str, typer.Option("--objectives", help="Metrics and costs, comma-separated (see "
-                                            "`bitsearch quantities`); quality = the metric studies rank "
-                                            "by.")] = "quality,wbits",
+    objectives: Annotated[str | None, typer.Option("--objectives", help="Metrics and costs, comma-separated (see "
+                                                   "`bitsearch quantities`); quality = the metric studies rank by. "
+                                                   "Default: quality,latency,memory (measured), or quality,wbits "
+                                                   "for a study whose runs measured nothing.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
     plot: Annotated[str | None, typer.Option("--plot", help="Write a PNG plot of all points and the front.")] = None,
     db: DbOption = None,
@@ -511,23 +512,24 @@ def pareto(
         bitsearch pareto demo --objectives sqnr_db,wbits --format csv --plot front.png
     """
     from quant.config import ConfigError
-    from search.front import objective
+    from search.front import default_objectives, objective
 
     if plot:
         _check_output(plot, "--plot")
     if fmt not in ("table", "json", "csv"):
         _fail(f"unknown format {fmt!r}; valid: table, json, csv")
     study = _load(name, db, readonly=True)
+    points = study.front_points()
     try:
-        objs = [objective(o.strip()).name for o in objectives.split(",") if o.strip()]
+        given = default_objectives(points) if objectives is None else objectives.split(",")
+        objs = [objective(o.strip()).name for o in given if o.strip()]
         front = study.pareto(objs)
     except ConfigError as e:
         _fail(e)
-    if not front and not study.front_points():
+    if not front and not points:
         _fail(f"study {name!r} has no evaluated candidate yet: nothing to rank (`bitsearch status {name}` "
               "shows its progress)")
-    rows = [{"candidate": p.candidate_id, "origin": p.origin, **{o: p.value(o) for o in objs},
-             "measured": p.measured} for p in front]
+    rows = [_front_row(p, objs) for p in front]
     if fmt == "json":
         typer.echo(json.dumps(rows, indent=2))
     elif fmt == "csv":
@@ -542,16 +544,69 @@ def pareto(
 
         from quant.quantities import quantity
 
-        header = ["candidate", "origin", *(quantity(o).label for o in objs), "measured"]
-        table = Table(*header, title=f"Pareto front of {name} ({', '.join(objs)})")
+        def label(key: str) -> str:
+            q = quantity(key) if key in objs or key.endswith("_predicted") else None
+            return key if q is None else f"{q.name.replace('_predicted', ' pred')} {q.unit}".strip()
+
+        header = list(rows[0]) if rows else ["candidate"]
+        table = Table(*map(label, header), title=f"Pareto front of {name} ({', '.join(objs)})")
         for r in rows:
             table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()))
-        Console().print(table)
-        if any(not r["measured"] for r in rows):
-            typer.echo("note: rows with measured=False ran simulated layers: numerics simulated, latency estimated")
+        Console(width=max(Console().width, 132)).print(table)
+        _print_front_notes(study, rows)
     if plot:
         _plot(study, objs, front, plot)
         typer.echo(f"plot written to {plot}")
+
+
+@app.command()
+def targets(
+    model: Annotated[str, typer.Option("--model", help="'builtin' or a local diffusers pipeline directory: the "
+                                       "formats are measured on its denoiser.")] = "builtin",
+    bits: Annotated[str, typer.Option("--bits", help="Bit pairs to measure, comma-separated.")] =
+    "W8A8,W6A8,W4A8,W8A16,W4A16",
+    backend: Annotated[str, typer.Option("--backend", help="The target's kernels.")] = "int8",
+    threads: ThreadsOption = 1,
+) -> None:
+    """List the formats this machine's target really runs, measured on a model's denoiser: how each
+    runs (its label), one denoiser call's CPU time and the resident MB if the whole model ran in it,
+    both relative to the fastest float format (fp32 or bf16, whichever is faster here).
+
+    Example:
+
+        bitsearch targets --model builtin --threads 1
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from quant.calibrate import calibrate_activations
+    from quant.config import Bits, TimestepGroups
+    from quant.errors import BitsearchError
+    from quant.targets import describe, formats, measure_tables
+    from search.executors import pin_threads
+    from workloads.base import denoiser_inputs, load_workload
+
+    pin_threads(threads)
+    try:
+        pairs = [Bits.parse(b) for b in bits.split(",") if b.strip()]
+        workload = load_workload(model, num_steps=4)
+        ranges = calibrate_activations(workload.denoiser, TimestepGroups(4),
+                                       workload.calibration_run(workload.batch(2, "calibration")))
+        tables = measure_tables(workload.denoiser, denoiser_inputs(workload), pairs, backend, ranges)
+        rows = describe(tables, formats(backend, pairs))
+    except (BitsearchError, ValueError) as e:
+        _fail(e)
+    table = Table("format", "bits", "runs as", "ms/call", "x fastest float", "MB", "x fastest float",
+                  title=f"formats of the {backend} target on this machine, measured on {model} ({threads} thread(s))")
+    for r in rows:
+        table.add_row(*(f"{v:.3g}" if isinstance(v, float) else "-" if v is None else str(v) for v in (
+            r["name"], r["bits"], r["label"], r["latency_ms"], r["latency_x"], r["memory_mb"], r["memory_x"])))
+    Console().print(table)
+    typer.echo(f"fastest float format: {tables.float_format} ({tables.float_latency_s * 1e3:.3g} ms per call); "
+               "x < 1 is faster or smaller than it. Quantized rows: their layers measured alone plus the rest "
+               "of the call in fp32 (predictions, as the solver uses them).")
+    for r in rows:
+        typer.echo(f"  {r['name']}: {r['description']}")
 
 
 @app.command()
@@ -584,6 +639,8 @@ def export(
     candidate: Annotated[int | None, typer.Option("--candidate", help="Candidate id (see `bitsearch pareto`).")] = None,
     best_under: Annotated[str | None, typer.Option("--best-under", help="Best quality with a cost under a limit, in "
                                                    "the units `bitsearch pareto` shows, e.g. wbits=4.5 or size=2.")] = None,
+    within_budget: Annotated[bool, typer.Option("--within-budget", help="Best quality among the candidates that "
+                                                "meet the study's own budget as measured.")] = False,
     quality: Annotated[str, typer.Option("--quality", help="Metric that decides 'best'.")] = "quality",
     fmt: Annotated[str | None, typer.Option("--format", help=f"{', '.join(FORMATS)} (default: json or "
                                             "yaml from the file suffix).")] = None,
@@ -597,6 +654,8 @@ def export(
 
     Example:
 
+        bitsearch export demo --within-budget -o best.yaml
+
         bitsearch export demo --best-under wbits=4.5 -o best.yaml
 
         bitsearch export demo --candidate 3 --format torchao --group 0 -o quantize_unet.py
@@ -604,10 +663,12 @@ def export(
     from pathlib import Path
 
     from quant.config import BitConfig, ConfigError
+    from quant.cost import full_precision_costs
     from search.front import best_under as best_point
+    from search.front import best_within
 
-    if (candidate is None) == (best_under is None):
-        _fail("give exactly one of --candidate ID or --best-under METRIC=VALUE")
+    if [candidate is not None, best_under is not None, within_budget].count(True) != 1:
+        _fail("give exactly one of --candidate ID, --best-under METRIC=VALUE or --within-budget")
     _check_output(output, "--output")
     study = _load(name, db, readonly=True)
     points = study.front_points()
@@ -617,13 +678,32 @@ def export(
             _fail(f"study {name} has no evaluated candidate {candidate}; see `bitsearch pareto {name}`")
     else:
         try:
-            chosen = best_point(points, best_under or "", by=quality)
+            if within_budget:
+                reference = full_precision_costs(study.layers(), study.spec.num_steps, study.cache.solved_tables())
+                chosen = best_within(points, study.spec.budget, reference, by=quality)
+            else:
+                chosen = best_point(points, best_under or "", by=quality)
         except ConfigError as e:
             _fail(e)
     config = BitConfig.from_dict(chosen.config)
     kind = fmt or ("yaml" if Path(output).suffix in (".yaml", ".yml") else "json")
     written = _write_export(study, config, kind, output, group)
     typer.echo(f"candidate {chosen.candidate_id} ({chosen.origin}) written to {', '.join(written)}")
+    _say_dominance(chosen, points)
+
+
+def _say_dominance(chosen: FrontPoint, points: list[FrontPoint]) -> None:
+    """Whether a uniform format of the same run beats the exported config on quality, latency and memory."""
+    from search.front import default_objectives, dominated_by
+    from search.origins import UNIFORM
+
+    objs = default_objectives(points)
+    better = dominated_by(chosen, [p for p in points if p.origin == UNIFORM], objs)
+    if better:
+        typer.echo(f"note: dominated on {', '.join(objs)} by uniform candidate(s) "
+                   f"{', '.join(str(p.candidate_id) for p in better)} of the same run: prefer one of them")
+    else:
+        typer.echo(f"not dominated on {', '.join(objs)} by any uniform format of this run")
 
 
 @app.command()
@@ -635,7 +715,7 @@ def delete(
     db: DbOption = None,
 ) -> None:
     """Delete a study and everything recorded for it: candidates, evaluations, sensitivity scores,
-    artifacts, and its Optuna study (`bitsearch/NAME`). Latency tables are shared by studies and stay.
+    artifacts, and its Optuna study (`bitsearch/NAME`). The target's measured tables go with it.
 
     A RUNNING study whose runner is alive (a heartbeat within --heartbeat-timeout seconds) is refused
     unless --force: stop that process first. A study whose runner died can be deleted as it is.
@@ -787,13 +867,52 @@ def _run(study: Study, executor: Executor, threads: int, max_seconds: float | No
         typer.echo(f"study {study.name} stopped with candidates left; continue with `bitsearch resume {study.name}`")
 
 
+# run labels as a front's `formats` column shows them (the note under the table spells them out)
+_SHORT_LABELS = {"int8-kernel": "i8", "weight-only-kernel": "wo", "dequantize-float": "deq", "float": "fp",
+                 "simulated": "sim"}
+
+
+def _front_row(point: FrontPoint, objs: list[str]) -> dict[str, object]:
+    """A front point as the table, JSON and CSV show it: the objectives, what the user pays measured
+    beside its prediction (and the error, flagged past PREDICTION_TOLERANCE), and how the layers ran."""
+    from search.front import MEASURED_COSTS, PREDICTION_TOLERANCE, prediction_error
+
+    row: dict[str, object] = {"candidate": point.candidate_id, "origin": point.origin,
+                              **{o: point.value(o) for o in objs}}
+    for cost in MEASURED_COSTS:
+        if f"{cost}_predicted" in point.costs:
+            row[f"{cost}_predicted"] = point.costs[f"{cost}_predicted"]
+    error = prediction_error(point)
+    if error is not None:
+        row["latency_error"] = f"{100 * error:+.0f}%{' !' if abs(error) > PREDICTION_TOLERANCE else ''}"
+    row["formats"] = " ".join(f"{_SHORT_LABELS.get(label, label)} {100 * share:.0f}%"
+                              for label, share in point.formats.items())
+    row["measured"] = point.measured
+    return row
+
+
+def _print_front_notes(study: Study, rows: list[dict[str, object]]) -> None:
+    tables = study.cache.solved_tables()
+    if tables is not None:
+        typer.echo(f"latency: CPU ms per denoiser call at batch 1, measured; memory: resident MB, measured. The "
+                   f"fastest float format here, {tables.float_format}: {tables.float_latency_s * 1e3:.3g} ms, "
+                   f"{tables.float_bytes / 1e6:.3g} MB (what relative budgets like memory=0.5x refer to).")
+    if rows and "formats" in rows[0]:
+        typer.echo("formats: share of layer slots per run label (i8 int8-kernel, wo weight-only-kernel, deq "
+                   "dequantize-float, fp float, sim simulated)")
+    if any(str(r.get("latency_error", "")).endswith("!") for r in rows):
+        typer.echo("!: measured latency more than 15% from its prediction (the tables time layers alone)")
+    if any(not r["measured"] for r in rows):
+        typer.echo("note: rows with measured=False ran simulated layers: numerics simulated, latency estimated")
+
+
 def _plot(study: Study, objs: list[str], front: list[FrontPoint], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    quality, cost = objs[0], objs[-1]
+    quality, cost = objs[0], objs[1]
     pts = study.front_points()
     fig, ax = plt.subplots(figsize=(6, 4))
     for origin in sorted({p.origin for p in pts}):

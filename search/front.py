@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from quant.budget import Budget
 from quant.config import BitConfig, ConfigError
-from quant.cost import BOPS, LATENCY, MEMORY, WBITS, TargetTables, costs, shown_costs
+from quant.cost import BOPS, LATENCY, MEMORY, WBITS, Costs, TargetTables, costs, shown_costs
 from quant.layers import Layer
 from quant.quantities import Quantity, quantity
 from storage import EvaluationInfo
@@ -88,6 +89,29 @@ def prediction_error(point: FrontPoint, cost: str = LATENCY) -> float | None:
     return None if not predicted or measured is None else (measured - predicted) / predicted
 
 
+def default_objectives(points: Sequence[FrontPoint]) -> tuple[str, ...]:
+    """Quality vs what a user pays, measured (latency, memory) when the candidates ran on real kernels;
+    quality vs average weight bits (a proxy) for a study whose runs measured nothing."""
+    measured = any(p.has(LATENCY) and p.has(MEMORY) for p in points)
+    return (QUALITY, LATENCY, MEMORY) if measured else DEFAULT_OBJECTIVES
+
+
+def dominated_by(point: FrontPoint, others: Sequence[FrontPoint], objectives: Sequence[str]) -> list[FrontPoint]:
+    """The points of `others` at least as good as `point` on every objective and better on one."""
+    wanted = [objective(o) for o in objectives]
+    if not all(point.has(q.name) for q in wanted):
+        return []
+    mine = [q.minimised(point.value(q.name)) for q in wanted]
+    out = []
+    for p in others:
+        if p.candidate_id == point.candidate_id or not all(p.has(q.name) for q in wanted):
+            continue
+        theirs = [q.minimised(p.value(q.name)) for q in wanted]
+        if all(t <= m for t, m in zip(theirs, mine, strict=True)) and theirs != mine:
+            out.append(p)
+    return out
+
+
 def objective(name: str) -> Quantity:
     """A metric or cost by name; `quality` is the quality metric studies rank by (QUALITY)."""
     return quantity(QUALITY if name == "quality" else name)
@@ -122,6 +146,28 @@ def best_under(points: Sequence[FrontPoint], limit: str, by: str = QUALITY) -> F
     if not fits:
         raise ConfigError(f"no evaluated candidate has {cost.name} <= {cap:g} {cost.unit}".rstrip())
     return min(fits, key=lambda p: metric.minimised(p.value(metric.name)))
+
+
+def best_within(points: Sequence[FrontPoint], budget: Budget, reference: Costs, by: str = QUALITY) -> FrontPoint:
+    """The best point on `by` that meets every limit of `budget` as measured (latency and memory from
+    its evaluation when it has them, else as predicted), relative limits against `reference` (the
+    target's fastest float format); ConfigError when none does."""
+    metric = objective(by)
+    shown_reference = shown_costs(reference)
+
+    def fits(p: FrontPoint) -> bool:
+        for lim in budget.limits:
+            q = quantity(lim.metric)
+            value = p.costs.get(q.name, p.costs.get(f"{q.name}_predicted"))
+            cap = lim.value * shown_reference[q.name] if lim.relative else lim.value * q.scale
+            if value is None or value > cap * (1 + 1e-9):
+                return False
+        return p.has(metric.name)
+
+    inside = [p for p in points if fits(p)]
+    if not inside:
+        raise ConfigError(f"no evaluated candidate meets the budget {budget} as measured; see `bitsearch pareto`")
+    return min(inside, key=lambda p: metric.minimised(p.value(metric.name)))
 
 
 def promotable(points: Sequence[FrontPoint]) -> list[int]:

@@ -85,7 +85,8 @@ class StudySpec:
     """What a study searches; stored as versioned JSON with the study (see the module docstring)."""
 
     model: str = option("builtin", "'builtin' or a local diffusers pipeline directory.")
-    budget: Budget = option("wbits=4.5", "Limits like wbits=4.5, size=0.3x, latency=0.8x (comma-separated).")
+    budget: Budget = option("memory=0.5x", "Limits like memory=0.5x (resident bytes, relative to the target's "
+                            "fastest float format), latency=1.2x, size=120MB, or the proxies wbits=4.5, bops=0.25x.")
     estimators: tuple[str, ...] = option(("gradient",), "Sensitivity estimators; per predicted metric the first "
                                          "feeds the solver, all are stored and validated.")
     solver: str = option("ilp", "ilp (budget sweep), greedy, or optuna (measured multi-objective search).")
