@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from quant.quantities import quantity
-from search.front import DEFAULT_OBJECTIVES, FrontPoint, chosen_point, pareto
+from search.front import FrontPoint, chosen_point, default_objectives, pareto
 from search.samples import stored_samples
 from search.validation import stored_validation
 
@@ -37,8 +37,9 @@ def _script_json(value: object) -> str:
 
 def _plot(study: Study, chosen: FrontPoint) -> str:
     points = study.front_points()
-    front = pareto(points, DEFAULT_OBJECTIVES)
-    quality, cost = (quantity(o) for o in DEFAULT_OBJECTIVES)
+    objectives = default_objectives(points)  # quality vs measured latency and memory (or a proxy)
+    front = pareto(points, objectives)
+    quality, cost, *others = (quantity(o) for o in objectives)
     origins = sorted({p.origin for p in points})
 
     def xy(pts: list[FrontPoint]) -> dict[str, list[float | None]]:
@@ -50,14 +51,16 @@ def _plot(study: Study, chosen: FrontPoint) -> str:
         traces.append({"type": "scatter", "mode": "markers", "name": origin, **xy(pts),
                        "text": [f"candidate {p.candidate_id}" for p in pts],
                        "marker": {"size": 9, "color": ORIGIN_COLOURS[i % len(ORIGIN_COLOURS)]}})
-    traces.append({"type": "scatter", "mode": "lines", "name": "Pareto front", "line": {"color": "black"},
+    traces.append({"type": "scatter", "mode": "markers", "name": f"Pareto front ({', '.join(objectives)})",
+                   "marker": {"size": 14, "symbol": "circle-open", "color": "black"},
                    **xy(front), "text": [f"candidate {p.candidate_id}" for p in front]})
     traces.append({"type": "scatter", "mode": "markers", "name": f"chosen (candidate {chosen.candidate_id})",
                    **xy([chosen]), "marker": {"size": 16, "symbol": "star", "color": "#d62728"}})
     layout = {"xaxis": {"title": {"text": cost.label}}, "yaxis": {"title": {"text": quality.label}},
               "margin": {"t": 20}, "height": 420}
     # every metric measured on the front (the full evaluation's only on promoted candidates)
-    columns = [cost, quality, *(quantity(m) for m in sorted({m for p in front for m in p.metrics} - {quality.name}))]
+    columns = [cost, *others, quality,
+               *(quantity(m) for m in sorted({m for p in front for m in p.metrics} - {quality.name}))]
     rows = "".join(
         f"<tr><td>{p.candidate_id}</td><td>{escape(p.origin)}</td>"
         + "".join(f"<td>{_maybe(p.value(q.name) if p.has(q.name) else None)}</td>" for q in columns)
@@ -121,7 +124,7 @@ def render_page(study: Study) -> str:
     """One self-contained HTML page for `study`; every study-derived string is escaped."""
     name = escape(study.name)
     chosen = chosen_point(study.front_points())
-    quality, cost = (quantity(o) for o in DEFAULT_OBJECTIVES)
+    quality, cost = (quantity(o) for o in default_objectives(study.front_points())[:2])
     if chosen is None:
         body = "<p>No evaluation has finished yet; reload this page later.</p>"
     else:

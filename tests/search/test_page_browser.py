@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from search.api import create_app
+from search.front import default_objectives
 from search.spec import StudySpec
 from search.study import Study
 
@@ -57,7 +58,7 @@ def test_page_in_headless_chromium(server, tmp_path) -> None:  # type: ignore[no
     base, db = server
     study = Study.load("tiny<&>", db)
     n_points = len(study.front_points())
-    front = study.pareto(("psnr_db", "wbits"))
+    front = study.pareto(default_objectives(study.front_points()))  # quality vs measured latency and memory
     assert n_points >= 2 and front
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -71,13 +72,14 @@ def test_page_in_headless_chromium(server, tmp_path) -> None:  # type: ignore[no
             page.wait_for_selector("#front .main-svg", timeout=30_000)  # plotly drew its SVG
             traces = page.evaluate("document.getElementById('front').data.length")
             origins = {p.origin for p in study.front_points()}
-            assert traces >= len(origins) + 1  # one trace per origin + the front line (+ the chosen star)
+            assert traces >= len(origins) + 1  # one trace per origin + the front (+ the chosen star)
             plotted = page.evaluate("""() => document.getElementById('front').data
-                .filter(t => t.mode === 'markers' && !t.name.startsWith('chosen'))
+                .filter(t => !t.name.startsWith('chosen') && !t.name.startsWith('Pareto front'))
                 .reduce((n, t) => n + t.x.length, 0)""")
             assert plotted == n_points
-            line = page.evaluate("document.getElementById('front').data.find(t => t.name === 'Pareto front').x.length")
-            assert line == len(front)
+            ringed = page.evaluate("""document.getElementById('front').data
+                .find(t => t.name.startsWith('Pareto front')).x.length""")
+            assert ringed == len(front)
             assert page.locator("#front .scatterlayer .point").count() >= n_points  # rendered markers
             heat = page.locator("#heatmap tr")
             assert heat.count() == len(study.layers()) + 1
