@@ -568,9 +568,11 @@ def targets(
     backend: Annotated[str, typer.Option("--backend", help="The target's kernels.")] = "int8",
     threads: ThreadsOption = 1,
 ) -> None:
-    """List the formats this machine's target really runs, measured on a model's denoiser: how each
-    runs (its label), one denoiser call's CPU time and the resident MB if the whole model ran in it,
-    both relative to the fastest float format (fp32 or bf16, whichever is faster here).
+    """List the formats this machine's target runs, measured against its fastest float format.
+
+    For each format: how its layers run (the label), one denoiser call's CPU time and the resident MB
+    if the whole model ran in it, both relative to the fastest float format (fp32 or bf16, whichever
+    runs the model faster here).
 
     Example:
 
@@ -611,8 +613,10 @@ def targets(
 
 @app.command()
 def quantities() -> None:
-    """List the metrics and costs fronts, objectives and budgets know: unit, direction, and which costs
-    are proxies (average bits and bit-ops stand in for what a target really spends).
+    """List every metric and cost: unit, direction, and whether it is a proxy.
+
+    Fronts, objectives and budgets read them from this catalogue; average bits and bit-ops are proxies
+    that stand in for what a target really spends.
 
     Example:
 
