@@ -134,10 +134,13 @@ def measure_tables(model: nn.Module, inputs: Mapping[str, Any], bits: Sequence[B
     with torch.no_grad():
         latency = measure_latency(model, lambda: model(**inputs), bits, backend, ranges, repeats)
         memory = measure_memory(model, bits, backend, ranges)
-        fp32 = (_time_call(lambda: model(**inputs), repeats), FP32, resident_bytes(model))
         half = copy.deepcopy(model).to(torch.bfloat16)
         half_inputs = _to_bf16(inputs)
-        bf16 = (_time_call(lambda: half(**half_inputs), repeats), BF16, resident_bytes(half))
+        # whole calls are cheap next to the per-layer table: more repeats steady the reference of every
+        # relative budget, which otherwise flips between the two formats when they are close
+        fp32_s, bf16_s = _time_calls([lambda: model(**inputs), lambda: half(**half_inputs)], 4 * repeats + 1)
+        fp32 = (fp32_s, FP32, resident_bytes(model))
+        bf16 = (bf16_s, BF16, resident_bytes(half))
     layers = quantizable_modules(model)
     in_layers = storage_bytes(t for m, _kind in layers.values() for t in (*m.parameters(), *m.buffers()))
     rest_bytes = storage_bytes([*model.parameters(), *model.buffers()]) - in_layers
@@ -181,15 +184,17 @@ def _ratio(value: float | None, reference: float) -> float | None:
     return None if value is None or reference <= 0 else value / reference
 
 
-def _time_call(run: Callable[[], object], repeats: int) -> float:
-    """Median CPU seconds of the process for `run()`, after one warm-up."""
-    samples = []
+def _time_calls(runs: Sequence[Callable[[], object]], repeats: int) -> list[float]:
+    """Median CPU seconds of the process for each of `runs`, after one warm-up each, the runs
+    interleaved (a, b, a, b, ...) so that a noisy neighbour weighs on all of them alike."""
+    samples: list[list[float]] = [[] for _ in runs]
     for i in range(repeats + 1):
-        t0 = time.process_time()
-        run()
-        if i:
-            samples.append(time.process_time() - t0)
-    return statistics.median(samples)
+        for run, times in zip(runs, samples, strict=True):
+            t0 = time.process_time()
+            run()
+            if i:
+                times.append(time.process_time() - t0)
+    return [statistics.median(times) for times in samples]
 
 
 def _to_bf16(value: Any) -> Any:
