@@ -822,8 +822,9 @@ class _StudyProgress:
         self.study = study
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TimeElapsedColumn(), console=Console(stderr=True), transient=False)
-        self.tasks = {f: self.bars.add_task(f"{f} evaluations", total=None, visible=False)
-                      for f in ("cheap", "full")}
+        from search.evaluation import CHEAP, FULL
+
+        self.tasks = {f: self.bars.add_task(f"{f} evaluations", total=None, visible=False) for f in (CHEAP, FULL)}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="study-progress", daemon=True)
 
