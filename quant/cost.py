@@ -66,7 +66,7 @@ class Costs:
     weight_bytes: int  # packed bytes storing every distinct weight precision of every layer
     resident_weight_bytes: int  # bytes held at run time (see `resident_weight_bytes`)
     bops: float  # bit-operations (MACs x w-bits x a-bits) of one denoiser forward, step-averaged
-    latency_s: float | None  # seconds per denoiser forward from a latency table, step-averaged
+    latency_s: float | None  # seconds per denoiser call from the target's tables, step-averaged
 
 
 # The costs a budget limits and a front shows, by one name each (`size=0.3x`, `--best-under size=5`).
@@ -90,11 +90,11 @@ declare(*COSTS, *PREDICTED)
 
 
 def cost_of(costs: Costs, name: str) -> float:
-    """The value of cost `name` in base units (raises if it needs a latency table that was not given)."""
+    """The value of cost `name` in base units (raises if it needs the target's tables and none were given)."""
     value = {WBITS: costs.avg_weight_bits, SIZE: costs.weight_bytes, MEMORY: costs.resident_weight_bytes,
              BOPS: costs.bops, LATENCY: costs.latency_s}[name]
     if value is None:
-        raise ConfigError(f"budget on {name} needs a latency table; build one with the target backend first")
+        raise ConfigError(f"budget on {name} needs the target's measured tables (quant.targets.measure_tables)")
     return float(value)
 
 
@@ -174,4 +174,4 @@ def _latency_of(table: LatencyTable, fqn: str, bits: Bits) -> float:
     try:
         return table[fqn][bits]
     except KeyError:
-        raise KeyError(f"latency table has no entry for {fqn} at {bits}; rebuild the table with these bits") from None
+        raise KeyError(f"latency table has no entry for {fqn} at {bits}; measure the tables with these bits") from None

@@ -1,9 +1,9 @@
 """A study's intermediate results, each computed once, stored in its database and reused: the layer
-inventory, the activation ranges, the sensitivity scores and the target's measured tables. A resumed study, a
-worker in another process and a read-only query all read what the first run stored.
+inventory, the activation ranges, the sensitivity scores and the target's measured tables. A resumed
+study, a worker in another process and a read-only query all read what the first run stored.
 
 Every entry follows one rule (`once`): read what is stored; if nothing is, compute it, store it, and
-return it. Only the latency table is shared between studies (per model, backend and machine).
+return it. The target tables are keyed by the machine and thread count that measured them.
 """
 
 from __future__ import annotations

@@ -864,7 +864,7 @@ def _run(study: Study, executor: Executor, threads: int, max_seconds: float | No
     try:
         with _StudyProgress(study) as bars:
             study.run(progress=bars.message, max_seconds=max_seconds, executor=executor)
-    except ConfigError as e:  # e.g. a latency budget below what the measured latency table allows
+    except ConfigError as e:  # e.g. a latency budget below what the target's measured tables allow
         _fail(e)
     if study.storage.get_study(study.name).state.value == "COMPLETE":
         typer.echo(f"study {study.name} finished; see `bitsearch pareto {study.name}`")

@@ -1,7 +1,7 @@
 """A Study: calibrate -> sensitivities -> solver proposals -> real quantized evaluations -> Pareto front.
 
 Everything a study computes goes through `storage.Storage` (the single source of truth), so a
-study resumes where it stopped: the inventory, activation ranges, scores and latency table are
+study resumes where it stopped: the inventory, activation ranges, scores and target tables are
 cached in the database (`search.cache`), candidates are added idempotently by content hash, and
 evaluations claim candidates atomically with a lease, so no candidate is evaluated twice or lost.
 
