@@ -29,9 +29,11 @@ E = TypeVar("E", bound=Callable[..., Any])
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, *modules: str) -> None:
+    def __init__(self, kind: str, *modules: str, entry_points: str | None = None) -> None:
         self.kind = kind  # e.g. "solver", "export format": used in every message
         self.modules = modules  # imported on first lookup: importing them registers the built-ins
+        # installed packages add implementations under this entry-point group (`name = "pkg.mod:Class"`)
+        self.entry_points = entry_points
         self._entries: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[E], E]:
@@ -52,6 +54,12 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         for module in self.modules:
             importlib.import_module(module)
+        if self.entry_points is not None:
+            from importlib.metadata import entry_points
+
+            for ep in entry_points(group=self.entry_points):
+                if ep.name not in self._entries:
+                    self.add(ep.name, ep.load())
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:

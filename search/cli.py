@@ -154,8 +154,9 @@ def inspect(
         typer.Option(
             "--model",
             "-m",
-            help="Diffusers pipeline directory, model directory (config.json), or built-in name "
-            "(sd15-unet, sdxl-unet, dit-xl-2, pixart-alpha).",
+            help="Diffusers pipeline directory, model directory (config.json), built-in config name "
+            "(sd15-unet, sdxl-unet, dit-xl-2, pixart-alpha), or a workload (builtin, package.module:Class, "
+            "file.py:Class: its denoiser on the inputs of its first sampler call).",
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")] = False,
@@ -185,13 +186,18 @@ def inspect(
         bitsearch inspect --model ./my-sd15-pipeline --resolution 96 --json > layers.json
     """
     from quant.layers import inventory, totals
+    from workloads.base import WORKLOADS, denoiser_inputs, is_plugin, load_workload
     from workloads.denoisers import example_inputs, load_denoiser
 
     try:
-        denoiser = load_denoiser(model, device="meta")
-        inputs = example_inputs(denoiser, batch=batch, resolution=resolution)
+        if model in WORKLOADS and model != "diffusers" or is_plugin(model):  # a workload: its own first call
+            workload = load_workload(model)
+            denoiser, inputs = workload.denoiser, denoiser_inputs(workload)
+        else:
+            denoiser = load_denoiser(model, device="meta")
+            inputs = example_inputs(denoiser, batch=batch, resolution=resolution)
         layers = inventory(denoiser, inputs)
-    except (ValueError, RuntimeError) as err:  # ModelLoadError, unsupported model, failed forward
+    except (ValueError, RuntimeError) as err:  # ModelLoadError, WorkloadError, unsupported model, failed forward
         _fail(err)
 
     summary = totals(layers)
@@ -244,13 +250,14 @@ def _print_inventory_table(title: str, layers: list[Layer], summary: dict[str, A
 
 
 def _shapes(inputs: dict[str, Any], prefix: str = "") -> dict[str, list[int] | None]:
-    """Input shapes by name, nested dicts flattened to `outer.inner`; None stays None."""
+    """Tensor input shapes by name, nested dicts flattened to `outer.inner`; anything else (None, a
+    flag such as return_dict) is None."""
     out: dict[str, list[int] | None] = {}
     for key, value in inputs.items():
         if isinstance(value, dict):
             out |= _shapes(value, f"{prefix}{key}.")
         else:
-            out[prefix + key] = None if value is None else list(value.shape)
+            out[prefix + key] = list(value.shape) if hasattr(value, "shape") else None
     return out
 
 
@@ -328,6 +335,8 @@ def launch(
     calibration_samples: Annotated[int | None, _spec_option("calibration_samples", "--calibration-samples")] = None,
     seed: Annotated[int | None, _spec_option("seed", "--seed")] = None,
     backend: Annotated[str | None, _spec_option("backend", "--backend")] = None,
+    workload_option: Annotated[list[str] | None, _spec_option("workload_options", "--workload-option",
+                                                              " Repeatable.")] = None,
     db: DbOption = None,
     executor: ExecutorOption = None,
     workers: WorkersOption = 1,
@@ -356,7 +365,7 @@ def launch(
              "solver": solver, "timestep_groups": timestep_groups, "num_steps": steps, "trials": trials,
              "patience": patience, "bits": items(bits), "baselines": items(baselines), "eval_samples": eval_samples,
              "full_samples": full_samples, "calibration_samples": calibration_samples, "seed": seed,
-             "backend": backend}
+             "backend": backend, "workload_options": None if workload_option is None else tuple(workload_option)}
     try:  # options not given take the spec's defaults
         spec = StudySpec(**{k: v for k, v in given.items() if v is not None})
         runner = _executor(executor, workers, threads_per_worker, ray_address, heartbeat_timeout)

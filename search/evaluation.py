@@ -25,7 +25,7 @@ from search.cache import StudyCache
 from search.executors.base import Evaluator, Outcome
 from search.spec import StudySpec
 from storage import CandidateInfo, Storage
-from workloads.base import Batch, Generation, Workload, load_workload
+from workloads.base import Batch, Generation, Workload
 
 CHEAP, FULL = "cheap", "full"
 Reference = Callable[[], tuple[Batch, Generation]]
@@ -111,7 +111,7 @@ class StudyEvaluator(Evaluator):
 
     def setup(self) -> None:
         if self.workload is None:  # load the model before the first claim
-            self.workload = load_workload(self.spec.model, num_steps=self.spec.num_steps)
+            self.workload = self.spec.load_workload()
         if self.ranges is None:  # stored by the coordinator before any evaluation
             workload = self.workload
             self.ranges = StudyCache(self.name, self.spec, self.storage, lambda: workload).activation_ranges(

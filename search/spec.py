@@ -11,8 +11,10 @@ text only in the versioned dict stored with the study.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from quant.budget import Budget
@@ -21,6 +23,7 @@ from quant.config import Bits, ConfigError, TimestepGroups
 if TYPE_CHECKING:
     from quant.layers import Layer
     from quant.registry import Registry
+    from workloads.base import Workload
 
 SPEC_VERSION = 1
 SEED_LIMIT = 2**32  # numpy's seeds stop there; estimators derive further seeds from it (seed * 1009 + g)
@@ -65,6 +68,11 @@ def check_option(name: str, value: object) -> None:
     elif name == "bits":
         if not [Bits.parse(b) for b in items]:
             raise ConfigError("give at least one bit-width, e.g. W8A8")
+    elif name == "workload_options":
+        for text in items:
+            key, sep, _ = str(text).partition("=")
+            if not sep or not key.isidentifier():
+                raise ConfigError(f"workload option {text!r}: write key=value, e.g. guidance_scale=2.0")
     elif name == "baselines":
         from search.baselines import check_baseline
 
@@ -84,7 +92,8 @@ def check_option(name: str, value: object) -> None:
 class StudySpec:
     """What a study searches; stored as versioned JSON with the study (see the module docstring)."""
 
-    model: str = option("builtin", "'builtin' or a local diffusers pipeline directory.")
+    model: str = option("builtin", "'builtin', a local diffusers pipeline directory, or a plugin workload: "
+                        "package.module:Class or path/to/file.py:Class (a workloads.base.Workload).")
     budget: Budget = option("memory=0.5x", "Limits like memory=0.5x (resident bytes, relative to the target's "
                             "fastest float format), latency=1.2x, size=120MB, or the proxies wbits=4.5, bops=0.25x.")
     estimators: tuple[str, ...] = option(("gradient",), "Sensitivity estimators; per predicted metric the first "
@@ -107,6 +116,8 @@ class StudySpec:
                                "that may enter the front.", low=1, high=10_000)
     patience: int = option(8, "optuna: stop after this many trials in a row that did not improve the measured "
                            "front (0: never).", low=0, high=10_000)
+    workload_options: tuple[str, ...] = option((), "The workload's own options as key=value (a value that parses "
+                                               "as JSON is read as JSON: 2.0, true, [1, 2]); stored with the study.")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -114,8 +125,31 @@ class StudySpec:
         # budget and bit-widths given as text become objects here, once
         object.__setattr__(self, "budget", self.budget if isinstance(self.budget, Budget) else Budget.parse(self.budget))
         object.__setattr__(self, "bits", tuple(Bits.parse(b) for b in self.bits))
+        from workloads.base import is_plugin  # lazily: torch (the CLI's --help needs none of it)
+
+        module, _, cls = self.model.rpartition(":")
+        if is_plugin(self.model) and module.endswith(".py"):  # every process (Ray workers) finds the same file
+            object.__setattr__(self, "model", f"{Path(module).resolve()}:{cls}")
         if self.timestep_groups > self.num_steps:
             raise ConfigError(f"timestep_groups must be between 1 and num_steps ({self.num_steps})")
+
+    @property
+    def workload_kwargs(self) -> dict[str, object]:
+        """`workload_options` as keyword arguments (JSON values where they parse, else text)."""
+        out: dict[str, object] = {}
+        for text in self.workload_options:
+            key, _, value = text.partition("=")
+            try:
+                out[key] = json.loads(value)
+            except json.JSONDecodeError:
+                out[key] = value
+        return out
+
+    def load_workload(self) -> Workload:
+        """The study's workload: its model with `num_steps` and `workload_options`."""
+        from workloads.base import load_workload
+
+        return load_workload(self.model, num_steps=self.num_steps, **self.workload_kwargs)
 
     @property
     def groups(self) -> TimestepGroups:

@@ -31,7 +31,7 @@ from search.spec import StudySpec, check_budget
 from solvers.base import Measurement, Proposal, Solver
 from solvers.problem import Problem
 from storage import CandidateState, Storage, StudyState
-from workloads.base import Workload, load_workload
+from workloads.base import Workload
 from workloads.metrics import QUALITY
 
 Progress = Callable[[str], None]
@@ -59,7 +59,7 @@ class Study:
         # would otherwise fail every full evaluation of the study
         check_samples(spec.model, eval_samples=spec.eval_samples, full_samples=spec.full_samples,
                       calibration_samples=spec.calibration_samples)
-        workload = load_workload(spec.model, num_steps=spec.num_steps)
+        workload = spec.load_workload()
         layers = inventory(workload.denoiser, denoiser_inputs(workload))
         check_budget(spec, layers)
         study = cls(name, spec, Storage(db), workload)
@@ -77,7 +77,7 @@ class Study:
     @property
     def workload(self) -> Workload:
         if self._workload is None:
-            self._workload = load_workload(self.spec.model, num_steps=self.spec.num_steps)
+            self._workload = self.spec.load_workload()
         return self._workload
 
     def layers(self, progress: Progress = print) -> list[Layer]:

@@ -149,7 +149,8 @@ def denoiser_inputs(workload: Workload) -> dict[str, object]:
 
 
 # The built-in workloads' modules are named here, not imported: diffusers takes seconds to import.
-WORKLOADS: Registry[Workload] = Registry("workload", "workloads.builtin.workload", "workloads.diffusers_workload")
+WORKLOADS: Registry[Workload] = Registry("workload", "workloads.builtin.workload", "workloads.diffusers_workload",
+                                         entry_points="bitsearch.workloads")
 register = WORKLOADS.register
 
 
@@ -165,15 +166,58 @@ def load_workload(name_or_path: str, **options: Any) -> Workload:
 
 
 def _resolve(name_or_path: str) -> tuple[str, tuple[str, ...]]:
-    """The registered workload `name_or_path` names, and its positional arguments (nothing is loaded)."""
+    """The registered workload `name_or_path` names, and its positional arguments (nothing is loaded but
+    a plugin's module, which registers it under `name_or_path`)."""
     if name_or_path in WORKLOADS:
+        return name_or_path, ()
+    if is_plugin(name_or_path):
+        WORKLOADS.add(name_or_path, plugin_class(name_or_path))
         return name_or_path, ()
     if Path(name_or_path).exists():
         return "diffusers", (name_or_path,)
     raise UnknownNameError(
         f"{name_or_path}: neither a workload name ({', '.join(workload_names())}) nor an existing path; "
-        "expected a name or a local diffusers pipeline directory (with model_index.json)"
+        "expected a name, a local diffusers pipeline directory (with model_index.json), or a plugin "
+        "workload as package.module:Class or /path/to/file.py:Class"
     )
+
+
+def is_plugin(name: str) -> bool:
+    """`package.module:Class` or `path/to/file.py:Class`: a Workload class written by a user."""
+    module, sep, attr = name.rpartition(":")
+    return bool(sep and module and attr.isidentifier() and (module.endswith(".py")
+                                                             or all(p.isidentifier() for p in module.split("."))))
+
+
+def plugin_class(name: str) -> type[Workload]:
+    """The Workload class `name` points at, imported (a file by its path, so Ray workers in other
+    processes import the same file); WorkloadError naming what is wrong."""
+    import importlib
+    import importlib.util
+    import sys
+
+    module_name, _, attr = name.rpartition(":")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name).resolve()
+            if not path.is_file():
+                raise WorkloadError(f"{name}: no file {path}")
+            key = f"bitsearch_plugin_{abs(hash(str(path)))}"
+            module = sys.modules.get(key)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(key, path)
+                assert spec is not None and spec.loader is not None
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[key] = module
+                spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise WorkloadError(f"{name}: cannot import {module_name} ({e})") from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Workload)):
+        raise WorkloadError(f"{name}: {attr} is not a workloads.base.Workload subclass in {module_name}")
+    return cls
 
 
 SAMPLE_COUNTS = ("eval_samples", "full_samples", "calibration_samples")

@@ -411,10 +411,17 @@ def create_app(db_url: str | None, token: str | None, open_reads: bool = False,
 
 
 def _model_error(model: str, roots: Sequence[Path]) -> tuple[int, str] | None:
-    """Why `model` may not be loaded by this server (status, message), or None: `builtin`, or an existing
-    directory under a configured root. Paths stored in the database are checked again with this."""
-    if model == BUILTIN_MODEL:
+    """Why `model` may not be loaded by this server (status, message), or None: `builtin` or another
+    installed workload (the `bitsearch.workloads` entry points: code the server's owner installed), or
+    an existing directory under a configured root. A plugin given as module:Class or file.py:Class is
+    code named by the request: refused. Paths stored in the database are checked again with this."""
+    from workloads.base import WORKLOADS, is_plugin
+
+    if model == BUILTIN_MODEL or (model in WORKLOADS and model != "diffusers" and not is_plugin(model)):
         return None
+    if is_plugin(model):
+        return 403, (f"model {model!r} refused: the API runs no code named by a request; install the workload "
+                     "as a package with a `bitsearch.workloads` entry point and use its name")
     if not roots:
         return 403, f"model {model!r} refused: only 'builtin' is allowed (no --model-root configured)"
     try:
