@@ -119,7 +119,7 @@ def _int8pack_kernel(module: Quantizable, qw: QuantizedWeight) -> LayerKernel:
     bias = module.bias.detach() if module.bias is not None else None
 
     def run(x: Tensor, _scale: float | None) -> Tensor:
-        x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()  # the kernel refuses strided inputs
         y = _aten._weight_int8pack_mm(x2, codes, scales).reshape(*x.shape[:-1], -1).to(x.dtype)
         return y + bias.to(x.dtype) if bias is not None else y
 
@@ -139,7 +139,7 @@ def _int4pack_kernel(module: Quantizable, qw: QuantizedWeight) -> LayerKernel:
     bias = module.bias.detach() if module.bias is not None else None
 
     def run(x: Tensor, _scale: float | None) -> Tensor:
-        x2 = x.reshape(-1, in_features).to(torch.bfloat16)
+        x2 = x.reshape(-1, in_features).to(torch.bfloat16).contiguous()  # the kernel refuses strided inputs
         y = _aten._weight_int4pack_mm_for_cpu(x2, packed, group, scales_zeros)
         y = y.reshape(*x.shape[:-1], out_features).to(x.dtype)
         return y + bias.to(x.dtype) if bias is not None else y

@@ -46,3 +46,23 @@ def test_int8_backend_runs_integer_kernels_on_integer_weights() -> None:
     assert torch.isfinite(narrow[Bits(8, 16)].run(torch.randn(2, 8), None)).all()
     assert not backend.supports(Bits(16, 8), "linear")
     assert not backend.supports(Bits(8, 8), "linear", group_size=32)
+
+
+def test_weight_only_kernels_take_strided_inputs() -> None:
+    """Attention and transposed activations reach linear layers as non-contiguous views (seen on a
+    diffusers UNet2DModel: `_weight_int4pack_mm_cpu : expect A to be contiguous`)."""
+    import torch
+    from torch import nn
+
+    from quant.backends.base import get_backend
+    from quant.config import Bits
+
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 32)
+    x = torch.randn(64, 5).t()  # a (5, 64) view with strides (1, 5)
+    assert not x.is_contiguous()
+    kernels = get_backend("int8").kernels(layer, "linear", {Bits(4, 16), Bits(8, 16)})
+    for bits, kernel in kernels.items():
+        assert kernel.label == "weight-only-kernel", bits
+        out = kernel.run(x, None)
+        assert out.shape == (5, 32) and torch.allclose(out, layer(x), atol=0.3), bits

@@ -94,3 +94,44 @@ def test_the_api_refuses_a_plugin_named_by_the_request(tmp_path: Path) -> None:
     r = client.post("/studies", json={"name": "x", "model": f"{tmp_path / 'evil.py'}:W"},
                     headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 403 and "runs no code named by a request" in r.text
+
+
+@pytest.mark.slow
+def test_a_plugin_file_runs_on_two_ray_workers(tmp_path: Path, one_thread_cli) -> None:
+    """Ray's actors are other processes: they rebuild the workload from the stored spec, importing the
+    plugin file by its absolute path (no pickling of the class by value)."""
+    pytest.importorskip("ray", reason="pip install ray to run the ray executor tests")
+    plugin = tmp_path / "my_workload.py"
+    plugin.write_text(PLUGIN)
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    out = one_thread_cli.invoke(app, [
+        "launch", "--name", "ray-plug", "--model", f"{plugin}:Shifted", "--workload-option", "shift=7",
+        "--budget", "wbits=6.5", "--estimators", "mse", "--timestep-groups", "2", "--steps", "4", "--trials", "2",
+        "--eval-samples", "2", "--calibration-samples", "2", "--full-samples", "2", "--baselines", "uniform",
+        "--executor", "ray", "--workers", "2", "--heartbeat-timeout", "120", "--db", db])
+    assert out.exit_code == 0, out.output
+    from search.study import Study
+
+    evals = Study.load("ray-plug", db).storage.list_evaluations("ray-plug")
+    import os
+
+    workers = {e.worker.rsplit(":", 1)[0] for e in evals if e.worker}
+    assert evals and workers and not any(str(os.getpid()) in w.split(":") for w in workers)  # ran in actors
+    assert all(e.metrics.get("label_score", 7.0) >= 7.0 for e in evals)  # the option reached the actors
+
+
+def test_the_docs_example_workload_runs_a_study_from_the_cli(tmp_path: Path, one_thread_cli) -> None:
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "tiny_ddim.py"
+    assert len(example.read_text().splitlines()) <= 50
+    db = f"sqlite:///{tmp_path / 'd.db'}"
+    out = one_thread_cli.invoke(app, [
+        "launch", "--name", "ddim", "--model", f"{example}:TinyDDIM", "--workload-option", "size=8",
+        "--budget", "wbits=6.5", "--estimators", "mse", "--timestep-groups", "2", "--steps", "4", "--trials", "2",
+        "--eval-samples", "2", "--calibration-samples", "2", "--full-samples", "2", "--baselines", "W8A8",
+        "--db", db])
+    assert out.exit_code == 0, out.output
+    pareto = one_thread_cli.invoke(app, ["pareto", "ddim", "--db", db, "--format", "json"])
+    assert pareto.exit_code == 0 and json.loads(pareto.output), pareto.output
+    validated = one_thread_cli.invoke(app, ["validate", "ddim", "--db", db, "--single", "3", "--mixed", "3",
+                                            "--images", "1"])
+    assert validated.exit_code == 0 and "mse" in validated.output, validated.output
