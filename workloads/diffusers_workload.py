@@ -2,7 +2,7 @@
 
 `DiffusersWorkload(path)` loads a pipeline a user already has on disk (Stable Diffusion 1.x/2.x,
 SDXL, PixArt-alpha/Sigma, or any other text-to-image `DiffusionPipeline` whose denoiser is a `unet`
-or a `transformer` component) with `local_files_only=True` and safetensors weights only. The
+or a `transformer` component; or an unconditional one, `DDPMPipeline`/`DDIMPipeline`) with `local_files_only=True` and safetensors weights only. The
 denoiser is `self.denoiser`; `quant.apply` swaps its layers in place, so the pipeline runs them
 without knowing.
 
@@ -50,11 +50,12 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 )
 
 _EXPECTED = "expected a local diffusers pipeline directory (with model_index.json)"
+UNCONDITIONAL = "unconditional"  # the one conditioning of an unconditional pipeline's batches
 
 
 @register("diffusers")
 class DiffusersWorkload(Workload):
-    """A local diffusers text-to-image pipeline; the denoiser (`unet` or `transformer`) gets quantized.
+    """A local diffusers text-to-image or unconditional pipeline; its `unet` or `transformer` gets quantized.
 
     - `prompts`: a list of prompts, the path of a text file with one prompt per line, or None for
       `DEFAULT_PROMPTS`; batches cycle through them.
@@ -93,15 +94,22 @@ class DiffusersWorkload(Workload):
         if scheduler is not None:
             self.pipe.scheduler = _scheduler(self.pipe, scheduler)
         self.denoiser = _denoiser(self.pipe, self.path)
-        if "prompt" not in inspect.signature(self.pipe.__call__).parameters:
+        params = inspect.signature(self.pipe.__call__).parameters
+        # text-to-image pipelines take prompts; unconditional ones (DDPM, DDIM) a batch size
+        self.conditional = "prompt" in params
+        if not self.conditional and "batch_size" not in params:
             raise WorkloadError(
-                f"{self.path}: {type(self.pipe).__name__} takes no prompt; expected a text-to-image pipeline"
+                f"{self.path}: {type(self.pipe).__name__} takes neither a prompt nor a batch size (e.g. class "
+                "labels: class-conditional pipelines are not covered yet); write a workload for it, see "
+                "docs/bring-your-own-model.md"
             )
+        if not self.conditional and prompts is not None:
+            raise WorkloadError(f"{self.path}: {type(self.pipe).__name__} is unconditional; it takes no prompts")
         self._check_calls_per_step()
 
     # ---- Workload -----------------------------------------------------------------------------
     def batch(self, n: int, split: str = "eval", offset: int = 0) -> Batch:
-        return split_batch(self.prompts, n, split, self.base_seed, offset)
+        return split_batch(self.prompts if self.conditional else (UNCONDITIONAL,), n, split, self.base_seed, offset)
 
     def generate(self, batch: Batch, on_step: OnStep | None = None, record_steps: bool = False) -> Generation:
         calls = 0
@@ -136,19 +144,22 @@ class DiffusersWorkload(Workload):
                 f"{type(self.pipe).__name__} called its denoiser {calls} times for num_steps={self.num_steps}; "
                 "bitsearch needs exactly one denoiser call per step"
             )
-        images = result.images if hasattr(result, "images") else result[0]
-        return Generation(torch.as_tensor(images).float().cpu(), outputs)
+        images = torch.as_tensor(result.images if hasattr(result, "images") else result[0]).float().cpu()
+        if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+            images = images.permute(0, 3, 1, 2)  # unconditional pipelines return NHWC arrays
+        return Generation(images.contiguous(), outputs)
 
     # ---- internals ----------------------------------------------------------------------------
     def _call_kwargs(self, batch: Batch) -> dict[str, Any]:
         params = inspect.signature(self.pipe.__call__).parameters
         kwargs: dict[str, Any] = {
-            "prompt": list(batch.prompts),
             "num_inference_steps": self.num_steps,
             # One generator per image: an image's noise depends only on its own seed.
             "generator": [torch.Generator("cpu").manual_seed(s) for s in batch.seeds],
-            "output_type": "pt",
         }
+        if not self.conditional:  # DDPM/DDIM pipelines return arrays unless asked for PIL
+            return {**kwargs, "batch_size": len(batch.seeds), "output_type": "np"}
+        kwargs |= {"prompt": list(batch.prompts), "output_type": "pt"}
         if self.guidance_scale is not None:
             kwargs["guidance_scale"] = self.guidance_scale
         if self.resolution is not None:
