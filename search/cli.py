@@ -552,10 +552,14 @@ def pareto(
         from rich.table import Table
 
         from quant.quantities import quantity
+        from search.front import MEASURED_COSTS
 
         def label(key: str) -> str:
-            q = quantity(key) if key in objs or key.endswith("_predicted") else None
-            return key if q is None else f"{q.name.replace('_predicted', ' pred')} {q.unit}".strip()
+            q = quantity(key) if key in objs or key in MEASURED_COSTS or key.endswith("_predicted") else None
+            if q is None:
+                return key
+            shown = f"{q.name.replace('_predicted', ' pred')} {q.unit}".strip()
+            return f"{shown} (proxy)" if q.proxy else shown
 
         header = list(rows[0]) if rows else ["candidate"]
         table = Table(*map(label, header), title=f"Pareto front of {name} ({', '.join(objs)})")
@@ -894,6 +898,8 @@ def _front_row(point: FrontPoint, objs: list[str]) -> dict[str, object]:
     row: dict[str, object] = {"candidate": point.candidate_id, "origin": point.origin,
                               **{o: point.value(o) for o in objs}}
     for cost in MEASURED_COSTS:
+        if cost not in objs and cost in point.costs:
+            row[cost] = point.costs[cost]
         if f"{cost}_predicted" in point.costs:
             row[f"{cost}_predicted"] = point.costs[f"{cost}_predicted"]
     error = prediction_error(point)
