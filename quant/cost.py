@@ -16,11 +16,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
 from quant.config import HIGH_PRECISION, BitConfig, Bits, ConfigError
 from quant.layers import Layer
 from quant.quantities import Quantity, declare
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 SCALE_BYTES = 4  # float32 scale per output channel (or per group)
 FLOAT_BYTES = 2  # a high-precision weight copy is bf16/fp16
@@ -148,7 +151,7 @@ def costs(config: BitConfig, layers: Sequence[Layer], tables: TargetTables | Non
             wbits += frac * layer.params * b.w
             bops += frac * layer.macs * b.w * b.a
             if tables is not None and lat is not None:
-                lat += frac * _latency_of(tables.latency, layer.fqn, b)
+                lat += frac * entry(tables.latency, layer.fqn, b, "latency table")
     return Costs(wbits / total_params, int(stored), int(resident), bops, lat)
 
 
@@ -162,16 +165,21 @@ def full_precision_costs(layers: Sequence[Layer], num_steps: int = 1, tables: Ta
                  tables.float_latency_s)
 
 
+class MissingEntry(ConfigError, KeyError):
+    """A measured table lacks a layer or bit pair the caller asks for (measure it with these bits)."""
+
+    def __str__(self) -> str:  # KeyError's would quote the message
+        return str(self.args[0])
+
+
+def entry(table: Mapping[str, Mapping[K, V]], fqn: str, key: K, what: str = "target tables") -> V:
+    """`table[fqn][key]` of a measured table, or MissingEntry naming what to measure."""
+    try:
+        return table[fqn][key]
+    except KeyError:
+        raise MissingEntry(f"{what} has no entry for {fqn} at {key}; measure the tables with these bits") from None
+
+
 def held_bytes(tables: TargetTables, fqn: str, bits: Bits) -> int:
     """Bytes layer `fqn`'s kernel at `bits` holds, measured."""
-    try:
-        return tables.memory[fqn][bits]
-    except KeyError:
-        raise KeyError(f"memory table has no entry for {fqn} at {bits}; measure the tables with these bits") from None
-
-
-def _latency_of(table: LatencyTable, fqn: str, bits: Bits) -> float:
-    try:
-        return table[fqn][bits]
-    except KeyError:
-        raise KeyError(f"latency table has no entry for {fqn} at {bits}; measure the tables with these bits") from None
+    return entry(tables.memory, fqn, bits, "memory table")

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from quant.apply import quantized
+from quant.apply import QuantizedModel, quantized
+from quant.backends.base import Backend
 from quant.calibrate import ActivationRanges
 from quant.config import BitConfig, Bits, TimestepGroups
 from quant.cost import LatencyTable
@@ -42,30 +43,47 @@ def layer_inputs(model: nn.Module, run: Callable[[], Any]) -> dict[str, list[tor
     return seen
 
 
-def measure_latency(model: nn.Module, run: Callable[[], Any], bits: Sequence[Bits | str], backend: str = "int8",
-                    ranges: ActivationRanges | None = None, repeats: int = 5) -> LatencyTable:
-    """Seconds per denoiser forward of each layer at each of `bits` (plus full precision)."""
-    inputs = layer_inputs(model, run)
-    options = sorted({FULL, *(Bits.parse(b) if isinstance(b, str) else b for b in bits)})
-    table: dict[str, dict[Bits, float]] = {fqn: {} for fqn in inputs}
+def uniformly_applied(model: nn.Module, bits: Sequence[Bits | str], backend: str | Backend = "int8",
+                      ranges: ActivationRanges | None = None) -> Iterator[tuple[Bits, QuantizedModel]]:
+    """The model quantized uniformly at each pair of `bits` and at W16A16 in turn (restored after each):
+    each pair's weights are quantized once, whatever is measured while they are applied."""
     groups = TimestepGroups(1) if ranges is None else ranges.groups
-    for b in options:
+    for b in sorted({FULL, *(Bits.parse(x) for x in bits)}):
         config = BitConfig.uniform(groups, b)
         with torch.no_grad(), quantized(model, config, backend, ranges if not b.is_full_precision else None) as qm:
             qm.set_step(0)
-            for fqn, xs in inputs.items():
-                table[fqn][b] = _time(model.get_submodule(fqn), xs, repeats)
+            yield b, qm
+
+
+def measure_latency(model: nn.Module, run: Callable[[], Any], bits: Sequence[Bits | str], backend: str = "int8",
+                    ranges: ActivationRanges | None = None, repeats: int = 5,
+                    while_applied: Callable[[Bits, QuantizedModel], None] | None = None) -> LatencyTable:
+    """Seconds per denoiser forward of each layer at each of `bits` (plus full precision).
+    `while_applied(bits, qm)` runs while each pair is applied (e.g. to read what its kernels hold)."""
+    inputs = layer_inputs(model, run)
+    table: dict[str, dict[Bits, float]] = {fqn: {} for fqn in inputs}
+    for b, qm in uniformly_applied(model, bits, backend, ranges):
+        for fqn, xs in inputs.items():
+            table[fqn][b] = time_calls([_calls(model.get_submodule(fqn), xs)], repeats)[0]
+        if while_applied is not None:
+            while_applied(b, qm)
     return table
 
 
-def _time(layer: nn.Module, xs: Sequence[torch.Tensor], repeats: int) -> float:
-    """Median CPU seconds of `layer` over all its calls `xs`, after one warm-up (first-call
-    allocations and kernel selection)."""
-    samples = []
+def _calls(layer: nn.Module, xs: Sequence[torch.Tensor]) -> Callable[[], object]:
+    """Every call the layer gets in one denoiser forward, as one run to time."""
+    return lambda: [layer(x) for x in xs]
+
+
+def time_calls(runs: Sequence[Callable[[], object]], repeats: int) -> list[float]:
+    """Median CPU seconds of the process (every thread counted) for each of `runs`, after one warm-up
+    each (first-call allocations and kernel selection), the runs interleaved (a, b, a, b, ...) so that a
+    noisy neighbour weighs on all of them alike."""
+    samples: list[list[float]] = [[] for _ in runs]
     for i in range(repeats + 1):
-        t0 = time.process_time()
-        for x in xs:
-            layer(x)
-        if i:
-            samples.append(time.process_time() - t0)
-    return statistics.median(samples)
+        for run, times in zip(runs, samples, strict=True):
+            t0 = time.process_time()
+            run()
+            if i:
+                times.append(time.process_time() - t0)
+    return [statistics.median(times) for times in samples]

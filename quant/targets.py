@@ -14,22 +14,20 @@ Timing is CPU time of the process (`time.process_time`, every thread counted), t
 from __future__ import annotations
 
 import copy
-import statistics
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from quant.apply import QuantizedModel, QuantLayer, quantized
+from quant.apply import QuantizedModel, QuantLayer
 from quant.backends.base import Backend, RunLabel, get_backend, storage_bytes
 from quant.calibrate import ActivationRanges
-from quant.config import BitConfig, Bits, TimestepGroups
-from quant.cost import MemoryTable, TargetTables
+from quant.config import Bits
+from quant.cost import MemoryTable, TargetTables, entry
 from quant.errors import UnsupportedBits
-from quant.latency import FULL, measure_latency
+from quant.latency import FULL, measure_latency, time_calls, uniformly_applied
 from quant.layers import LayerKind, quantizable_modules
 
 FP32, BF16 = "fp32", "bf16"
@@ -109,16 +107,21 @@ def measure_memory(model: nn.Module, bits: Sequence[Bits | str], backend: str | 
                    ranges: ActivationRanges | None = None) -> MemoryTable:
     """Bytes each quantizable layer's kernels hold at each pair of `bits` (each quantized uniformly),
     and at W16A16 (the layer's own weight and bias as they are)."""
-    modules = quantizable_modules(model)
-    table: dict[str, dict[Bits, int]] = {
-        fqn: {FULL: storage_bytes(t for t in (m.weight, m.bias) if isinstance(t, Tensor))}
-        for fqn, (m, _kind) in modules.items()}
-    groups = TimestepGroups(1) if ranges is None else ranges.groups
-    for b in sorted({Bits.parse(x) for x in bits} - {FULL}):
-        with torch.no_grad(), quantized(model, BitConfig.uniform(groups, b), backend, ranges) as qm:
-            for fqn, q in qm.layers.items():
-                table[fqn][b] = q.held_bytes()
+    table = _float_layer_bytes(model)
+    for b, qm in uniformly_applied(model, bits, backend, ranges):
+        _record_held(table, b, qm)
     return table
+
+
+def _float_layer_bytes(model: nn.Module) -> dict[str, dict[Bits, int]]:
+    """Each quantizable layer's own weight and bias, as the W16A16 entries of a memory table."""
+    return {fqn: {FULL: storage_bytes(t for t in (m.weight, m.bias) if isinstance(t, Tensor))}
+            for fqn, (m, _kind) in quantizable_modules(model).items()}
+
+
+def _record_held(table: dict[str, dict[Bits, int]], bits: Bits, qm: QuantizedModel) -> None:
+    for fqn, q in qm.layers.items():  # W16A16 replaces no layer: its entries are the float ones
+        table[fqn][bits] = q.held_bytes()
 
 
 def measure_tables(model: nn.Module, inputs: Mapping[str, Any], bits: Sequence[Bits | str],
@@ -132,13 +135,14 @@ def measure_tables(model: nn.Module, inputs: Mapping[str, Any], bits: Sequence[B
         raise ValueError(f"measure_tables times the model as fp32 but it holds {sorted(map(str, dtypes))}; "
                          "load it in float32")
     with torch.no_grad():
-        latency = measure_latency(model, lambda: model(**inputs), bits, backend, ranges, repeats)
-        memory = measure_memory(model, bits, backend, ranges)
+        memory = _float_layer_bytes(model)  # filled while the latency table applies each pair: one pass
+        latency = measure_latency(model, lambda: model(**inputs), bits, backend, ranges, repeats,
+                                  while_applied=lambda b, qm: _record_held(memory, b, qm))
         half = copy.deepcopy(model).to(torch.bfloat16)
         half_inputs = _to_bf16(inputs)
         # whole calls are cheap next to the per-layer table: more repeats steady the reference of every
         # relative budget, which otherwise flips between the two formats when they are close
-        fp32_s, bf16_s = _time_calls([lambda: model(**inputs), lambda: half(**half_inputs)], 4 * repeats + 1)
+        fp32_s, bf16_s = time_calls([lambda: model(**inputs), lambda: half(**half_inputs)], 4 * repeats + 1)
         fp32 = (fp32_s, FP32, resident_bytes(model))
         bf16 = (bf16_s, BF16, resident_bytes(half))
     layers = quantizable_modules(model)
@@ -163,8 +167,8 @@ def describe(tables: TargetTables, formats: Sequence[Format]) -> list[dict[str, 
         elif f.name == BF16:
             seconds = nbytes = None
         else:
-            seconds = tables.rest_latency_s + sum(_entry(tables.latency, fqn, f.bits) for fqn in tables.latency)
-            nbytes = tables.rest_bytes + sum(_entry(tables.memory, fqn, f.bits) for fqn in tables.memory)
+            seconds = tables.rest_latency_s + sum(entry(tables.latency, fqn, f.bits) for fqn in tables.latency)
+            nbytes = tables.rest_bytes + sum(entry(tables.memory, fqn, f.bits) for fqn in tables.memory)
         rows.append({"name": f.name, "bits": str(f.bits), "label": f.label,
                      "latency_ms": None if seconds is None else seconds * 1e3,
                      "memory_mb": None if nbytes is None else nbytes * 1e-6,
@@ -173,28 +177,8 @@ def describe(tables: TargetTables, formats: Sequence[Format]) -> list[dict[str, 
     return rows
 
 
-def _entry(table: Mapping[str, Mapping[Any, Any]], fqn: str, key: object) -> Any:
-    try:
-        return table[fqn][key]
-    except KeyError:
-        raise KeyError(f"target tables have no entry for {fqn} at {key}; measure them with these bits") from None
-
-
 def _ratio(value: float | None, reference: float) -> float | None:
     return None if value is None or reference <= 0 else value / reference
-
-
-def _time_calls(runs: Sequence[Callable[[], object]], repeats: int) -> list[float]:
-    """Median CPU seconds of the process for each of `runs`, after one warm-up each, the runs
-    interleaved (a, b, a, b, ...) so that a noisy neighbour weighs on all of them alike."""
-    samples: list[list[float]] = [[] for _ in runs]
-    for i in range(repeats + 1):
-        for run, times in zip(runs, samples, strict=True):
-            t0 = time.process_time()
-            run()
-            if i:
-                times.append(time.process_time() - t0)
-    return [statistics.median(times) for times in samples]
 
 
 def _to_bf16(value: Any) -> Any:

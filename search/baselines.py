@@ -17,9 +17,10 @@ from collections.abc import Sequence
 
 from quant.config import FULL_PRECISION, BitConfig, Bits, ConfigError, TimestepGroups
 from quant.layers import Layer
+from search.origins import HEURISTIC, UNIFORM
 from workloads.denoisers import TIME_EMBEDDING
 
-UNIFORM, FLOAT_ENDS = "uniform", "float-ends"
+FLOAT_ENDS = "float-ends"
 _FIRST_LAST = re.compile(r"first-last-(\d+)")
 INT_FORMAT = Bits(8, 8)  # the int8 backend's fastest integer format
 INT_WEIGHTS_FLOAT_ACTIVATIONS = Bits(8, 16)
@@ -35,6 +36,11 @@ def check_baseline(name: str) -> None:
     except ConfigError:
         raise ConfigError(f"unknown baseline {name!r}; valid: {UNIFORM}, {FLOAT_ENDS}, first-last-N (e.g. "
                           "first-last-3), or a bit pair like W8A8") from None
+
+
+def baseline_origin(name: str) -> str:
+    """The origin a baseline's candidates are stored with: `uniform` for bit pairs, `heuristic` otherwise."""
+    return HEURISTIC if name == FLOAT_ENDS or _FIRST_LAST.fullmatch(name) else UNIFORM
 
 
 def baseline_configs(names: Sequence[str], bits: Sequence[Bits], groups: TimestepGroups,

@@ -522,6 +522,7 @@ def pareto(
     """
     from quant.config import ConfigError
     from search.front import default_objectives, objective
+    from search.front import pareto as pareto_front
 
     if plot:
         _check_output(plot, "--plot")
@@ -532,7 +533,7 @@ def pareto(
     try:
         given = default_objectives(points) if objectives is None else objectives.split(",")
         objs = [objective(o.strip()).name for o in given if o.strip()]
-        front = study.pareto(objs)
+        front = pareto_front(points, objs)
     except ConfigError as e:
         _fail(e)
     if not front and not points:
@@ -568,7 +569,7 @@ def pareto(
         Console(width=max(Console().width, 132)).print(table)
         _print_front_notes(study, rows)
     if plot:
-        _plot(study, objs, front, plot)
+        _plot(study, points, objs, front, plot)
         typer.echo(f"plot written to {plot}")
 
 
@@ -926,14 +927,14 @@ def _print_front_notes(study: Study, rows: list[dict[str, object]]) -> None:
         typer.echo("note: rows with measured=False ran simulated layers: numerics simulated, latency estimated")
 
 
-def _plot(study: Study, objs: list[str], front: list[FrontPoint], path: str) -> None:
+def _plot(study: Study, points: list[FrontPoint], objs: list[str], front: list[FrontPoint], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     quality, cost = objs[0], objs[1]
-    pts = study.front_points()
+    pts = [p for p in points if p.has(quality) and p.has(cost)]  # e.g. alignment: promoted candidates only
     fig, ax = plt.subplots(figsize=(6, 4))
     for origin in sorted({p.origin for p in pts}):
         sel = [p for p in pts if p.origin == origin]

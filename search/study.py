@@ -26,7 +26,7 @@ from search.cache import StudyCache
 from search.evaluation import CHEAP, FULL, StudyEvaluator, evaluation_counts
 from search.executors.base import Executor
 from search.front import DEFAULT_OBJECTIVES, FrontPoint, measured_points, pareto, promotable
-from search.origins import HEURISTIC, UNIFORM, add_candidates
+from search.origins import add_candidates
 from search.spec import StudySpec, check_budget
 from solvers.base import Measurement, Proposal, Solver
 from solvers.problem import Problem
@@ -168,11 +168,11 @@ class Study:
         return Measurement({"degradation": -cheap.metrics[QUALITY]}, reference=cid)
 
     def _add_baselines(self) -> None:
-        from search.baselines import baseline_configs
+        from search.baselines import baseline_configs, baseline_origin
 
-        for config in baseline_configs(self.spec.baselines, self.spec.bits, self.spec.groups, self.layers()):
-            uniform = len({b for plan in config.resolve([x.fqn for x in self.layers()]).values() for b in plan}) == 1
-            add_candidates(self.storage, self.name, [config.to_dict()], UNIFORM if uniform else HEURISTIC,
+        for name in self.spec.baselines:
+            configs = baseline_configs([name], self.spec.bits, self.spec.groups, self.layers())
+            add_candidates(self.storage, self.name, [c.to_dict() for c in configs], baseline_origin(name),
                            fidelity=CHEAP)
 
     def promote(self, progress: Progress = print, dry_run: bool = False) -> int:

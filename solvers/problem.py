@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from quant.budget import Budget, Limit
 from quant.config import (
@@ -39,15 +39,13 @@ from quant.cost import (
     Costs,
     TargetTables,
     costs,
+    entry,
     full_precision_costs,
     packed_weight_bytes,
 )
 from quant.errors import BitsearchError
 from quant.layers import Layer
 from quant.scores import Scores
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 DEGRADATION_LIMIT = "max_degradation."  # prefix naming a cap on predicted degradation as a limit
 
@@ -360,11 +358,11 @@ class Problem:
         }
         if self.tables is not None:
             latency = self.tables.latency
-            linear[LATENCY] = table(lambda g, b: self.fractions[g] * sum(_entry(latency, f, b) for f in fqns))
+            linear[LATENCY] = table(lambda g, b: self.fractions[g] * sum(entry(latency, f, b) for f in fqns))
         wb = {b.w for c in per_group for b in c}
         weight_bytes = {w: sum(packed_weight_bytes(layer, w, self.weight_group_size) for layer in layers) for w in wb}
         held = None if self.tables is None else {
-            b: sum(_entry(self.tables.memory, f, b) for f in fqns) for c in per_group for b in c}
+            b: sum(entry(self.tables.memory, f, b) for f in fqns) for c in per_group for b in c}
         return Unit(layers, tuple(per_group), objective, degradation, linear, weight_bytes, held)
 
     # ---- evaluation of plans (one Plan per unit) ---------------------------------------------------
@@ -495,15 +493,6 @@ class Problem:
             + ("" if others else " or allow lower bits"),
             name, user_cap, user_low,
         )
-
-
-def _entry(table: Mapping[str, Mapping[K, V]], fqn: str, key: K) -> V:
-    """A measured table's entry, or a ConfigError naming the missing one."""
-    try:
-        return table[fqn][key]
-    except KeyError:
-        raise ConfigError(f"the target's tables have no entry for {fqn} at {key}; measure them with every "
-                          "candidate bit pair") from None
 
 
 def _round_up(value: float, digits: int = 6) -> str:

@@ -35,8 +35,7 @@ def _script_json(value: object) -> str:
     return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _plot(study: Study, chosen: FrontPoint) -> str:
-    points = study.front_points()
+def _plot(points: list[FrontPoint], chosen: FrontPoint) -> str:
     objectives = default_objectives(points)  # quality vs measured latency and memory (or a proxy)
     front = pareto(points, objectives)
     quality, cost, *others = (quantity(o) for o in objectives)
@@ -123,12 +122,13 @@ def _samples(study: Study, chosen: FrontPoint) -> str:
 def render_page(study: Study) -> str:
     """One self-contained HTML page for `study`; every study-derived string is escaped."""
     name = escape(study.name)
-    chosen = chosen_point(study.front_points())
-    quality, cost = (quantity(o) for o in default_objectives(study.front_points())[:2])
+    points = study.front_points()
+    chosen = chosen_point(points)
+    quality, cost = (quantity(o) for o in default_objectives(points)[:2])
     if chosen is None:
         body = "<p>No evaluation has finished yet; reload this page later.</p>"
     else:
-        body = (f"<h2>Pareto front ({escape(quality.label)} vs {escape(cost.label)})</h2>{_plot(study, chosen)}"
+        body = (f"<h2>Pareto front ({escape(quality.label)} vs {escape(cost.label)})</h2>{_plot(points, chosen)}"
                 f"<h2>Chosen config: candidate {chosen.candidate_id} ({escape(chosen.origin)}), "
                 f"{quality.name} {chosen.value(quality.name):.4g} at {cost.name} {chosen.value(cost.name):.4g}</h2>"
                 f"{_heatmap(study, chosen)}"
