@@ -101,7 +101,7 @@ def real_sensitivity_comparison(threads: int | None) -> bool:
 
 def within_budget(problem: Problem, config: BitConfig) -> tuple[str, list[str]]:
     """The config's budgeted costs, computed afresh by quant.cost.costs, and the limits it breaks."""
-    c = costs(config, problem.layers, problem.latency, problem.derive_lower)
+    c = costs(config, problem.layers, problem.tables)
     shown = " ".join(f"{lim.metric}={problem.in_user_units(lim.metric, cost_of(c, lim.metric)):.4f}"
                      f"{'x' if lim.relative else ''}" for lim in problem.budget.limits)
     return shown, problem.budget.violations(c, problem.reference)

@@ -42,6 +42,9 @@ class StepContext:
 
     groups: TimestepGroups
     step: int | None = None
+    # while set, every QuantLayer runs its original float module: the same model, timed unquantized
+    # beside its quantized calls (QuantizedModel.float_reference)
+    reference: bool = False
 
     @property
     def group(self) -> int:
@@ -83,6 +86,8 @@ class QuantLayer(nn.Module):
                 setattr(self, attr, getattr(original, attr))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.ctx.reference:
+            return cast(Tensor, self.original[0](x))
         g = self.ctx.group
         kernel = self.kernels[self.plan[g]]
         self.ran[g] = kernel.label
@@ -142,6 +147,18 @@ class QuantizedModel:
 
     def held_weight_bytes(self) -> int:
         return sum(q.held_bytes() for q in self.layers.values())
+
+    @contextmanager
+    def float_reference(self) -> Iterator[None]:
+        """Inside the block the model runs its original float layers (nothing re-applied): the float
+        model, to time side by side with the quantized one on the same inputs."""
+        if not self.restorable:
+            raise RuntimeError("drop_originals() released the float modules: there is no float reference to run")
+        self.ctx.reference = True
+        try:
+            yield
+        finally:
+            self.ctx.reference = False
 
     def drop_originals(self) -> None:
         """Release the float modules kept for `restore()`, so only the kernels' weights stay in

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
-from quant.config import HIGH_PRECISION, BitConfig, Bits, ConfigError
+from quant.config import FULL_PRECISION, HIGH_PRECISION, BitConfig, Bits, ConfigError
 from quant.layers import Layer
 from quant.quantities import Quantity, declare
 
@@ -45,13 +45,23 @@ class TargetTables:
     float_format: str  # the target's fastest float format, measured ("bf16" or "fp32")
     float_latency_s: float  # one denoiser call in it
     float_bytes: int  # the denoiser's resident bytes in it
+    # one call of the model as loaded (fp32), timed beside the fastest float: what an evaluation's
+    # side-by-side float reference runs (None in tables stored before it: then the rest plus the layers)
+    fp32_latency_s: float | None = None
+
+    @property
+    def fp32_call_s(self) -> float:
+        """Seconds of one denoiser call of the fp32 model, as these tables measured it."""
+        if self.fp32_latency_s is not None:
+            return self.fp32_latency_s
+        return self.rest_latency_s + sum(per[FULL_PRECISION] for per in self.latency.values() if FULL_PRECISION in per)
 
     def to_dict(self) -> dict[str, object]:
         return {"latency": {f: {str(b): s for b, s in per.items()} for f, per in self.latency.items()},
                 "memory": {f: {str(b): n for b, n in per.items()} for f, per in self.memory.items()},
                 "rest_latency_s": self.rest_latency_s, "rest_bytes": self.rest_bytes,
                 "float_format": self.float_format, "float_latency_s": self.float_latency_s,
-                "float_bytes": self.float_bytes}
+                "float_bytes": self.float_bytes, "fp32_latency_s": self.fp32_latency_s}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> TargetTables:
@@ -60,7 +70,8 @@ class TargetTables:
         return cls({f: {Bits.parse(b): float(s) for b, s in per.items()} for f, per in latency.items()},
                    {f: {Bits.parse(b): int(n) for b, n in per.items()} for f, per in memory.items()},
                    float(cast(float, d["rest_latency_s"])), int(cast(int, d["rest_bytes"])), str(d["float_format"]),
-                   float(cast(float, d["float_latency_s"])), int(cast(int, d["float_bytes"])))
+                   float(cast(float, d["float_latency_s"])), int(cast(int, d["float_bytes"])),
+                   None if d.get("fp32_latency_s") is None else float(cast(float, d["fp32_latency_s"])))
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,8 @@ COSTS = (
     Quantity(MEMORY, "MB", False, "resident bytes of the denoiser while sampling, measured after apply "
              "(every weight copy a per-timestep schedule keeps)", cost=True, scale=1e-6),
     Quantity(BOPS, "G", False, "bit-operations per denoiser call", proxy=True, cost=True, scale=1e-9),
-    Quantity(LATENCY, "ms", False, "CPU time of one denoiser call at batch 1, measured on the target's kernels",
+    Quantity(LATENCY, "ms", False, "CPU time of one denoiser call at batch 1, measured on the target's kernels "
+             "side by side with the float model and put on the target tables' clock (ratio x their fp32 call)",
              cost=True, scale=1e3),
 )
 # The same two costs as the target's tables predict them (what the solver optimised), beside the measured.
@@ -115,20 +127,14 @@ def packed_weight_bytes(layer: Layer, w_bits: int, group_size: int | None = None
     return math.ceil(layer.params * w_bits / 8) + n_scales * SCALE_BYTES
 
 
-def resident_weight_bytes(layer: Layer, w_bits: set[int], group_size: int | None = None,
-                          derive_lower: bool = False) -> int:
-    """Weight bytes a per-timestep schedule keeps in memory for one layer.
-
-    Each distinct weight precision is a copy that stays resident, unless `derive_lower`: then only
-    the highest precision is kept and lower ones are re-derived from it at each group switch
-    (requantizing a symmetric grid from a finer one), trading switch time for memory.
-    """
-    kept = {max(w_bits)} if derive_lower else w_bits
-    return sum(packed_weight_bytes(layer, w, group_size) for w in kept)
+def resident_weight_bytes(layer: Layer, w_bits: set[int], group_size: int | None = None) -> int:
+    """Weight bytes a per-timestep schedule keeps in memory for one layer (packed: the proxy used until
+    the target's tables are measured): each distinct weight precision is a copy that stays resident,
+    because `quant.apply` builds every kernel up front and re-quantizes nothing while sampling."""
+    return sum(packed_weight_bytes(layer, w, group_size) for w in w_bits)
 
 
-def costs(config: BitConfig, layers: Sequence[Layer], tables: TargetTables | None = None,
-          derive_lower: bool = False) -> Costs:
+def costs(config: BitConfig, layers: Sequence[Layer], tables: TargetTables | None = None) -> Costs:
     """What `config` costs on `layers`; `latency` and `memory` in measured units when `tables` are given
     (see the module docstring)."""
     plans = config.resolve([layer.fqn for layer in layers])
@@ -143,10 +149,9 @@ def costs(config: BitConfig, layers: Sequence[Layer], tables: TargetTables | Non
         distinct = {b.w for b in plan}
         stored += sum(packed_weight_bytes(layer, w, gs) for w in distinct)
         if tables is None:
-            resident += resident_weight_bytes(layer, distinct, gs, derive_lower)
-        else:  # each distinct pair's kernel holds its own tensors (derive_lower: the widest weights only)
-            kept = {max(plan, key=lambda b: b.w)} if derive_lower else set(plan)
-            resident += sum(held_bytes(tables, layer.fqn, b) for b in kept)
+            resident += resident_weight_bytes(layer, distinct, gs)
+        else:  # each distinct pair's kernel holds its own tensors
+            resident += sum(held_bytes(tables, layer.fqn, b) for b in set(plan))
         for frac, b in zip(fractions, plan, strict=True):
             wbits += frac * layer.params * b.w
             bops += frac * layer.macs * b.w * b.a

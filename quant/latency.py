@@ -14,19 +14,21 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from quant.apply import QuantizedModel, quantized
 from quant.backends.base import Backend
 from quant.calibrate import ActivationRanges
-from quant.config import BitConfig, Bits, TimestepGroups
+from quant.config import FULL_PRECISION, BitConfig, Bits, TimestepGroups
 from quant.cost import LatencyTable
 from quant.layers import quantizable_modules
 
-FULL = Bits(16, 16)
+FULL = FULL_PRECISION
 
 
 def layer_inputs(model: nn.Module, run: Callable[[], Any]) -> dict[str, list[torch.Tensor]]:
@@ -75,15 +77,65 @@ def _calls(layer: nn.Module, xs: Sequence[torch.Tensor]) -> Callable[[], object]
     return lambda: [layer(x) for x in xs]
 
 
-def time_calls(runs: Sequence[Callable[[], object]], repeats: int) -> list[float]:
-    """Median CPU seconds of the process (every thread counted) for each of `runs`, after one warm-up
-    each (first-call allocations and kernel selection), the runs interleaved (a, b, a, b, ...) so that a
-    noisy neighbour weighs on all of them alike."""
+def time_calls(runs: Sequence[Callable[[], object]], repeats: int, warmups: int = 1) -> list[float]:
+    """Median CPU seconds of the process (every thread counted) for each of `runs`, after `warmups`
+    untimed rounds (first-call allocations and kernel selection), the runs interleaved (a, b, a, b, ...)
+    so that a noisy neighbour weighs on all of them alike."""
     samples: list[list[float]] = [[] for _ in runs]
-    for i in range(repeats + 1):
+    for i in range(warmups + repeats):
         for run, times in zip(runs, samples, strict=True):
             t0 = time.process_time()
             run()
-            if i:
+            if i >= warmups:
                 times.append(time.process_time() - t0)
     return [statistics.median(times) for times in samples]
+
+
+@dataclass(frozen=True)
+class Call:
+    """The inputs of one denoiser call, as the sampler made them."""
+
+    args: tuple[object, ...]
+    kwargs: dict[str, object]
+
+
+def record_calls(module: nn.Module, run: Callable[[], object]) -> list[Call]:
+    """The inputs of every call of `module` during `run()` (a generation: call i is step i), cloned so
+    that a sampler updating its tensors in place cannot change them afterwards."""
+    calls: list[Call] = []
+
+    def grab(_m: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        clone = lambda v: v.clone() if isinstance(v, torch.Tensor) else v  # noqa: E731
+        calls.append(Call(tree_map(clone, args), tree_map(clone, kwargs)))
+
+    handle = module.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        handle.remove()
+    return calls
+
+
+def side_by_side(qm: QuantizedModel, calls: Sequence[Call]) -> tuple[float, float]:
+    """Median CPU seconds per denoiser call of the quantized model and of the same model's float layers
+    (`QuantizedModel.float_reference`), each recorded call run by one and then the other: their ratio
+    holds whatever else loads the machine, which a quantized run timed alone does not (a busy sibling
+    hyperthread slows every call of a window alike). The quantized kernels are warm from the generation
+    that recorded the calls; the float path gets one warm-up call."""
+    def quantized(step: int, call: Call) -> Callable[[], object]:
+        def run() -> object:
+            qm.set_step(step)
+            return qm.model(*call.args, **call.kwargs)
+        return run
+
+    def reference(call: Call) -> Callable[[], object]:
+        def run() -> object:
+            with qm.float_reference():
+                return qm.model(*call.args, **call.kwargs)
+        return run
+
+    with torch.no_grad():
+        reference(calls[0])()
+        times = time_calls([r for i, c in enumerate(calls) for r in (quantized(i, c), reference(c))], 1, warmups=0)
+    return statistics.median(times[0::2]), statistics.median(times[1::2])

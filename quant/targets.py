@@ -150,7 +150,7 @@ def measure_tables(model: nn.Module, inputs: Mapping[str, Any], bits: Sequence[B
     rest_bytes = storage_bytes([*model.parameters(), *model.buffers()]) - in_layers
     rest_latency_s = max(0.0, fp32[0] - sum(per[FULL] for per in latency.values()))
     seconds, name, nbytes = min(fp32, bf16)
-    return TargetTables(latency, memory, rest_latency_s, rest_bytes, name, seconds, nbytes)
+    return TargetTables(latency, memory, rest_latency_s, rest_bytes, name, seconds, nbytes, fp32_s)
 
 
 def describe(tables: TargetTables, formats: Sequence[Format]) -> list[dict[str, object]]:

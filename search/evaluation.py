@@ -11,13 +11,9 @@ then evaluates many candidates.
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-
-from torch import nn
+from collections.abc import Callable
 
 from quant.calibrate import ActivationRanges
 from quant.config import BitConfig, ConfigError
@@ -31,30 +27,17 @@ CHEAP, FULL = "cheap", "full"
 Reference = Callable[[], tuple[Batch, Generation]]
 
 
-@contextmanager
-def call_times(module: nn.Module) -> Iterator[list[float]]:
-    """CPU seconds of each call of `module` inside the block: the process clock, which counts every
-    thread torch uses (a thread clock undercounts at more than one thread)."""
-    times: list[float] = []
-    start: list[float] = []
-    pre = module.register_forward_pre_hook(lambda *_: start.append(time.process_time()))
-    post = module.register_forward_hook(lambda *_: times.append(time.process_time() - start.pop()))
-    try:
-        yield times
-    finally:
-        pre.remove()
-        post.remove()
-
-
 def measure(workload: Workload, spec: StudySpec, config: BitConfig, fidelity: str, ranges: ActivationRanges,
             reference: Reference) -> Outcome:
     """One real quantized run of `config` at `fidelity`: `cheap`, fidelity to the full-precision images of
     `reference()` (batch, generation); `full`, alignment and distribution metrics on `full_samples` eval
     images after those (other seeds). The cheap one also measures what a user pays: latency_s, the
-    median CPU seconds of one denoiser call at batch 1 (one more single-image generation, timed call by
-    call: the unit the target's tables predict), and the resident bytes of the quantized denoiser."""
+    median CPU seconds of one denoiser call at batch 1 (the unit the target's tables predict; the calls of
+    one more single-image generation, replayed), float_latency_s, the same calls run by the float layers
+    side by side (`quant.latency.side_by_side`), and the resident bytes of the quantized denoiser."""
     from quant.apply import VerificationError, quantized
     from quant.backends.base import measurement
+    from quant.latency import record_calls, side_by_side
     from quant.targets import resident_bytes
 
     full = fidelity == FULL
@@ -72,11 +55,11 @@ def measure(workload: Workload, spec: StudySpec, config: BitConfig, fidelity: st
             # how the layers ran during this generation (each layer and group that was called),
             # not only how they were planned to run
             labels = dict(Counter[str](lbl for per in qm.executed_labels().values() for lbl in per.values()))
-            latency = None
-            if not full:
-                with call_times(workload.denoiser) as calls:
-                    workload.generate(workload.batch(1), on_step=qm.set_step)
-                latency = statistics.median(calls)
+            latency = float_latency = None
+            if not full:  # one image's denoiser calls, each timed quantized and float side by side
+                single = workload.batch(1)
+                calls = record_calls(workload.denoiser, lambda: workload.generate(single, on_step=qm.set_step))
+                latency, float_latency = side_by_side(qm, calls)
     except VerificationError as e:
         return Outcome(invalid=f"verification failed: {e}")
     except (ConfigError, ValueError, RuntimeError) as e:  # RuntimeError includes torch's OOM
@@ -91,7 +74,8 @@ def measure(workload: Workload, spec: StudySpec, config: BitConfig, fidelity: st
         family = "alignment/distribution" if full else "quality"
         return Outcome(failed=f"{family} metric failed: {type(e).__name__}: {e}")
     return Outcome(metrics=metrics, run_labels=labels, backend=spec.backend, latency_s=latency,
-                   peak_memory_bytes=memory, measured=measurement(spec.backend, labels).measured, duration_s=seconds)
+                   float_latency_s=float_latency, peak_memory_bytes=memory,
+                   measured=measurement(spec.backend, labels).measured, duration_s=seconds)
 
 
 class StudyEvaluator(Evaluator):

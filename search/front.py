@@ -66,13 +66,24 @@ def _costs(evaluations: Sequence[EvaluationInfo], layers: Sequence[Layer],
     predicted = shown_costs(costs(BitConfig.from_dict(evaluations[0].config), layers, tables))
     out = {(f"{name}_predicted" if name in MEASURED_COSTS else name): v for name, v in predicted.items()}
     measured = [ev for ev in evaluations if ev.measured]
-    latency = next((ev.latency_s for ev in measured if ev.latency_s is not None), None)
+    latency = next((measured_latency(ev, tables) for ev in measured if ev.latency_s is not None), None)
     memory = next((ev.peak_memory_bytes for ev in measured if ev.peak_memory_bytes is not None), None)
     if latency is not None:
         out[LATENCY] = latency * quantity(LATENCY).scale
     if memory is not None:
         out[MEMORY] = memory * quantity(MEMORY).scale
     return out
+
+
+def measured_latency(evaluation: EvaluationInfo, tables: TargetTables | None) -> float:
+    """Seconds per denoiser call as measured: the candidate's ratio to the float model timed side by side
+    (call by call, same inputs) times the fp32 call of the tables its prediction and budget come from, so
+    that measured, predicted and the budget's cap share one clock whatever loaded the machine meanwhile;
+    the latency timed alone where there is no side-by-side float time or no tables."""
+    assert evaluation.latency_s is not None
+    if evaluation.float_latency_s and tables is not None:
+        return evaluation.latency_s / evaluation.float_latency_s * tables.fp32_call_s
+    return evaluation.latency_s
 
 
 def _labels(evaluations: Sequence[EvaluationInfo]) -> dict[str, float]:

@@ -8,10 +8,7 @@ Model, for units u (tied layers share one), timestep groups g and candidate pair
     size:   y[u,w] >= sum_{p: p.w = w} x[u,g,p]  for every g;  sum bytes[u,w] y[u,w] <= cap
             (y is a "copy of weight precision w is kept" flag; continuous in [0,1] suffices: with x
             integral the cheapest feasible y is 0/1)
-    memory: as size, or with derive_lower only the highest precision is kept:
-            t[u,k] >= sum_{p: p.w >= w_k} x[u,g,p] for every g, bytes = sum_k t[u,k] (B(w_k) - B(w_k-1)),
-            a telescoping sum equal to B(max w) (increments clamped at 0: conservative if a layer's
-            packed bytes ever shrink with more bits, which per-channel scales make impossible in practice)
+    memory: as size with the measured bytes each distinct pair's kernel holds (packed bytes without tables)
     switches: c[u,g] >= W[u,g](w) - W[u,g-1](w) for every w (W = "group g uses weight bits w"),
             sum_g c[u,g] <= max_weight_switches
     max_degradation[m]:  sum degradation_m[u,g,p] x[u,g,p] <= cap_m
@@ -136,9 +133,6 @@ class _Model:
             for u, unit in enumerate(p.units):
                 for g in range(G):
                     terms += zip(self.x[u][g], unit.linear[name][g], strict=True)
-        elif name == MEMORY and p.derive_lower:
-            self.scale[name] = float(p.reference.resident_weight_bytes)
-            terms = self._highest_copy_terms()
         elif name == MEMORY and p.tables is not None:  # measured: every distinct pair's kernel holds its tensors
             self.scale[name] = cost_of(p.reference, name)
             terms = self._pair_copy_terms()
@@ -190,23 +184,6 @@ class _Model:
                     if b in cands:
                         self.prob += z >= self.x[u][g][cands.index(b)], f"pair_{u}_{i}_{g}"
                 terms.append((z, float(unit.held_bytes[b])))
-        return terms
-
-    def _highest_copy_terms(self) -> list[tuple[Any, float]]:
-        import pulp
-
-        terms: list[tuple[Any, float]] = []
-        for u, flags in enumerate(self._weight_flags):
-            unit, prev = self.problem.units[u], 0.0
-            ws = unit.weight_bits()
-            held = unit.weight_bytes if unit.held_bytes is None else {  # measured: the widest pair of each width
-                w: max(n for b, n in unit.held_bytes.items() if b.w == w) for w in ws}
-            for k, w in enumerate(ws):
-                t = pulp.LpVariable(f"t_{u}_{w}", 0, 1)
-                for g in range(len(self.problem.groups)):
-                    self.prob += t >= pulp.lpSum(flags[v][g] for v in ws[k:]), f"high_{u}_{w}_{g}"
-                terms.append((t, max(held[w] - prev, 0.0)))
-                prev = max(prev, held[w])
         return terms
 
     def _switch_limits(self, limit: int) -> None:

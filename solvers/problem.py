@@ -113,7 +113,6 @@ class Problem:
       groups, which ties the layers per distinct captured value (e.g. `re:(.*attn1)\\.to_[qkv]` ties
       q/k/v within each attention).
     - `max_weight_switches`: how often a layer's weight bits may change between consecutive groups.
-    - `derive_lower`: resident memory keeps only a layer's highest weight precision (quant.cost).
     - `score_multipliers`: FQN -> factor on its objective terms (the per-block knobs of `optuna`).
     """
 
@@ -132,7 +131,6 @@ class Problem:
         pins: Mapping[str, PinValue] | None = None,
         ties: Sequence[str | Sequence[str]] | None = None,
         max_weight_switches: int | None = None,
-        derive_lower: bool = False,
         weight_group_size: int | None = None,
         score_multipliers: Mapping[str, float] | None = None,
     ) -> None:
@@ -140,7 +138,7 @@ class Problem:
             layers=layers, groups=groups, scores=scores, budget=budget, backend=backend,
             candidates=candidates if candidates is None else tuple(candidates), weights=weights,
             max_degradation=max_degradation, tables=tables, pins=pins, ties=ties,
-            max_weight_switches=max_weight_switches, derive_lower=derive_lower,
+            max_weight_switches=max_weight_switches,
             weight_group_size=weight_group_size, score_multipliers=score_multipliers,
         )
         if not layers:
@@ -152,7 +150,6 @@ class Problem:
         # what a config costs whatever its bits: the ops and parameters outside the quantizable layers
         self.fixed: dict[str, float] = {} if tables is None else {LATENCY: tables.rest_latency_s,
                                                                    MEMORY: float(tables.rest_bytes)}
-        self.derive_lower = derive_lower
         self.weight_group_size = weight_group_size
         self.max_weight_switches = max_weight_switches
         if max_weight_switches is not None and max_weight_switches < 0:
@@ -373,10 +370,9 @@ class Problem:
         distinct = {b.w for b in plan}
         out[SIZE] = float(sum(unit.weight_bytes[w] for w in distinct))
         if unit.held_bytes is None:  # packed bytes: a proxy until the target's tables are measured
-            out[MEMORY] = float(unit.weight_bytes[max(distinct)]) if self.derive_lower else out[SIZE]
-        else:  # each distinct pair's kernel holds its tensors (derive_lower: the widest weights only)
-            kept = {max(plan, key=lambda b: b.w)} if self.derive_lower else set(plan)
-            out[MEMORY] = float(sum(unit.held_bytes[b] for b in kept))
+            out[MEMORY] = out[SIZE]
+        else:  # each distinct pair's kernel holds its tensors
+            out[MEMORY] = float(sum(unit.held_bytes[b] for b in set(plan)))
         return out
 
     def unit_terms(self, u: int, plan: Plan) -> tuple[float, dict[str, float]]:
@@ -424,7 +420,7 @@ class Problem:
         return out
 
     def costs(self, config: BitConfig) -> Costs:
-        return costs(config, self.layers, self.tables, self.derive_lower)
+        return costs(config, self.layers, self.tables)
 
     def violations(self, config: BitConfig, budget: Budget | None = None) -> list[str]:
         """Every way `config` breaks this problem (or `budget` in place of its own), by quant.cost.costs

@@ -224,6 +224,8 @@ class Evaluation(Base):
     fidelity: Mapped[str] = mapped_column(String(32))
     metrics: Mapped[dict[str, Any]]
     latency_s: Mapped[float | None] = mapped_column(Float)
+    # the float model's latency timed side by side with the candidate's (call by call, same inputs)
+    float_latency_s: Mapped[float | None] = mapped_column(Float)
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     # layers per run label, in the backends' vocabulary (opaque here); the caller counts the simulated ones
     run_labels: Mapped[dict[str, Any]]

@@ -110,6 +110,7 @@ class EvaluationInfo:
     fidelity: str
     metrics: dict[str, float]
     latency_s: float | None
+    float_latency_s: float | None  # the float model's, timed side by side with latency_s
     peak_memory_bytes: int | None
     run_labels: dict[str, int]
     layers_real: int
@@ -160,7 +161,7 @@ def _candidate_info(r: Candidate) -> CandidateInfo:
 
 def _evaluation_info(e: Evaluation, config: dict[str, Any], origin: str) -> EvaluationInfo:
     return EvaluationInfo(
-        e.id, e.candidate_id, e.study_id, e.fidelity, e.metrics, e.latency_s, e.peak_memory_bytes,
+        e.id, e.candidate_id, e.study_id, e.fidelity, e.metrics, e.latency_s, e.float_latency_s, e.peak_memory_bytes,
         e.run_labels, e.layers_real, e.layers_simulated, e.backend, e.machine, e.measured, e.worker,
         e.duration_s, e.created_at, config, origin,
     )
@@ -330,6 +331,16 @@ class Storage:
         def fn(s: Session) -> None:
             row = self._study(s, name)
             row.state, row.reason = value, reason
+
+        self._db.run(fn)
+
+    def set_study_spec(self, name: str, spec: Mapping[str, Any]) -> None:
+        """Replace the study's stored spec (versioned JSON, as in `create_study`), e.g. a changed estimator."""
+        data = _versioned(spec, "study spec", "e.g. {'version': 1, ...}")
+
+        def fn(s: Session) -> None:
+            row = self._study(s, name)
+            row.spec, row.spec_version = data, data["version"]
 
         self._db.run(fn)
 
@@ -793,7 +804,8 @@ class Storage:
     def complete(
         self, candidate_id: int, owner: str, *, metrics: Mapping[str, float], backend: str, machine: str,
         run_labels: Mapping[str, int], layers_simulated: int = 0, measured: bool = False,
-        latency_s: float | None = None, peak_memory_bytes: int | None = None, duration_s: float | None = None,
+        latency_s: float | None = None, float_latency_s: float | None = None,
+        peak_memory_bytes: int | None = None, duration_s: float | None = None,
     ) -> CandidateState:
         """Record the evaluation of a RUNNING candidate held by `owner` and mark it COMPLETE.
 
@@ -825,7 +837,8 @@ class Storage:
                          "no run labels say how the layers ran" if not labels else None)
         if measured and contradiction:
             raise ValueError(f"{contradiction}; latency and memory cannot be reported as measured")
-        checked = {**metric_values, "latency_s": latency_s, "peak_memory_bytes": peak_memory_bytes}
+        checked = {**metric_values, "latency_s": latency_s, "float_latency_s": float_latency_s,
+                   "peak_memory_bytes": peak_memory_bytes}
         bad = [(k, v) for k, v in checked.items() if v is not None and not math.isfinite(float(v))]
 
         def fn(s: Session) -> CandidateState:
@@ -839,7 +852,8 @@ class Storage:
             row = self._finish(s, candidate_id, owner, {"state": COMPLETE, "reason": None})
             s.add(Evaluation(
                 candidate_id=candidate_id, study_id=row.study_id, fidelity=row.fidelity, metrics=metric_values,
-                latency_s=latency_s, peak_memory_bytes=peak_memory_bytes, run_labels=labels,
+                latency_s=latency_s, float_latency_s=float_latency_s, peak_memory_bytes=peak_memory_bytes,
+                run_labels=labels,
                 layers_real=total - layers_simulated, layers_simulated=layers_simulated, backend=backend,
                 machine=machine, measured=measured, worker=owner, duration_s=duration_s,
             ))

@@ -61,6 +61,7 @@ class Outcome:
     run_labels: Mapping[str, int] = field(default_factory=dict)
     backend: str = ""
     latency_s: float | None = None
+    float_latency_s: float | None = None  # the float model's, timed side by side with latency_s
     peak_memory_bytes: int | None = None
     measured: bool | None = None
     duration_s: float | None = None
@@ -258,7 +259,8 @@ class Worker:
                 self.storage.complete(cand.id, owner, metrics=out.metrics, backend=out.backend,
                                       machine=socket.gethostname(), run_labels=out.run_labels,
                                       layers_simulated=judged.layers_simulated, measured=judged.flag(out.measured),
-                                      latency_s=out.latency_s, peak_memory_bytes=out.peak_memory_bytes,
+                                      latency_s=out.latency_s, float_latency_s=out.float_latency_s,
+                                      peak_memory_bytes=out.peak_memory_bytes,
                                       duration_s=out.duration_s)
         except LeaseLostError as e:
             # our lease expired (hb.lost tells whether we noticed in time) and someone else owns the

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from quant.apply import QuantizedModel, apply
 from quant.calibrate import calibrate_activations
-from quant.config import Bits, TimestepGroups
-from quant.latency import layer_inputs, measure_latency
+from quant.config import BitConfig, Bits, TimestepGroups
+from quant.latency import layer_inputs, measure_latency, record_calls, side_by_side
 
 
 def test_latency_table_covers_every_layer_and_bit_width_and_restores_the_model(tiny, tiny_input) -> None:
@@ -38,6 +39,9 @@ class _BigAndTiny(torch.nn.Module):
         self.big = torch.nn.Linear(2048, 2048)  # x 256 tokens: 1.1 GMAC a call
         self.tiny = torch.nn.Linear(16, 16)  # x 4 tokens: 1 kMAC
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # the big layer's work (the tiny one is timed apart)
+        return self.big(x)
+
 
 def test_latency_table_measures_the_work() -> None:
     """The table must rank real work: a GEMM of a million times the MACs takes longer at the same bits,
@@ -63,3 +67,55 @@ def test_latency_table_measures_the_work() -> None:
     for b in (w8a8, full):
         assert table["big"][b] > 10 * table["tiny"][b], (b, table)
     assert table["big"][w8a8] < table["big"][full] / 1.5, table
+
+
+def _big_w8a8() -> tuple[_BigAndTiny, torch.Tensor, QuantizedModel]:
+    torch.manual_seed(0)
+    model = _BigAndTiny().eval()
+    x = torch.randn(256, 2048)
+    groups = TimestepGroups(2, [0, 1])
+    ranges = calibrate_activations(model, groups, lambda set_step: [(set_step(i), model(x)) for i in range(2)])
+    config = BitConfig(groups, {"big": "W8A8", "_default": "W16A16"})
+    return model, x, apply(model, config, "int8", ranges)
+
+
+def test_the_float_reference_runs_the_original_layers_of_the_quantized_model() -> None:
+    model, x, qm = _big_w8a8()
+    with torch.no_grad():
+        qm.set_step(0)
+        quantized_out = qm.model(x)
+        with qm.float_reference():
+            reference_out = qm.model(x)
+        qm.restore()
+        expected = model(x)
+    assert torch.equal(reference_out, expected)  # exactly the float layer, not a re-quantized one
+    assert not torch.equal(quantized_out, expected)
+
+
+def test_side_by_side_replays_every_recorded_call_quantized_then_float() -> None:
+    """Each recorded call runs once per mode at its own step (both timestep groups run quantized), and
+    on a GEMM of 1 GMAC the int8 kernel beats the float layer timed beside it (bench/kernels.py: 2.8-5x)."""
+    model, x, qm = _big_w8a8()
+    layer = qm.layers["big"]
+    original = layer.original[0]
+    float_calls: list[int] = []
+    handle = original.register_forward_hook(lambda *_: float_calls.append(1))
+
+    def generation() -> None:
+        for step in range(2):
+            qm.set_step(step)
+            qm.model(x * (step + 1))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        calls = record_calls(qm.model, generation)
+        layer.ran.clear()
+        quantized_s, float_s = side_by_side(qm, calls)
+    finally:
+        torch.set_num_threads(threads)
+        handle.remove()
+    assert len(calls) == 2 and torch.equal(calls[1].args[0], x * 2)  # the inputs as the sampler made them
+    assert len(float_calls) == 2 + 1  # each call once, plus one warm-up
+    assert set(layer.ran) == {0, 1}  # replayed at each call's own step
+    assert 0 < quantized_s < float_s / 1.3, (quantized_s, float_s)

@@ -179,6 +179,8 @@ def test_every_cheap_evaluation_measures_latency_and_memory_and_memory_is_predic
     bench figure), but every cheap evaluation records one."""
     cheap = [e for e in study.storage.list_evaluations("t") if e.fidelity == "cheap"]
     assert cheap and all(e.latency_s and e.latency_s > 0 and e.peak_memory_bytes for e in cheap)
+    # and the float model's calls timed beside the candidate's, on the same inputs
+    assert all(e.float_latency_s and e.float_latency_s > 0 for e in cheap)
     points = study.front_points()
     for p in points:
         single_pair = len({b for plan in BitConfig.from_dict(p.config).resolve([x.fqn for x in study.layers()]).values()

@@ -114,17 +114,6 @@ def test_two_weight_copies_are_counted_in_memory() -> None:
     tight = make(layer, s, f"wbits=6,memory={one_copy}")
     cfg = ilp.solve(tight, threads=T)
     assert len({b.w for b in tight.plans_of(cfg)[0]}) == 1 and within(tight, cfg)
-    with_derive = make(layer, s, f"wbits=6,memory={one_copy}", derive_lower=True)  # W4 re-derived from W8
-    assert [b.w for b in with_derive.plans_of(ilp.solve(with_derive, threads=T))[0]] == [8, 4]
-
-
-def test_derive_lower_keeps_only_the_highest_copy(layers: list[Layer]) -> None:
-    s = make_scores(layers)
-    single = sum(u.weight_bytes[8] for u in make(layers, s, "wbits=5").units)
-    p = make(layers, s, f"wbits=5,memory={single}", derive_lower=True)
-    cfg = ilp.solve(p, threads=T)
-    assert any(pl[0].w != pl[1].w for pl in p.plans_of(cfg))  # switching is free for memory now
-    assert within(p, cfg)
 
 
 def test_weight_switch_limit() -> None:
