@@ -61,15 +61,31 @@ def measure_latency(model: nn.Module, run: Callable[[], Any], bits: Sequence[Bit
                     ranges: ActivationRanges | None = None, repeats: int = 5,
                     while_applied: Callable[[Bits, QuantizedModel], None] | None = None) -> LatencyTable:
     """Seconds per denoiser forward of each layer at each of `bits` (plus full precision).
-    `while_applied(bits, qm)` runs while each pair is applied (e.g. to read what its kernels hold)."""
+    `while_applied(bits, qm)` runs while each pair is applied (e.g. to read what its kernels hold).
+
+    Layers alike in everything a kernel's time depends on (`_timing_key`: type, weight shape, bias,
+    conv geometry, the shapes and dtype of every call's input) are timed once, on the first of them:
+    a real-size UNet repeats a few dozen shapes over hundreds of layers."""
     inputs = layer_inputs(model, run)
+    modules = quantizable_modules(model)
+    timed: dict[tuple[object, ...], str] = {}  # key -> the layer timed for it
+    representative = {fqn: timed.setdefault(_timing_key(modules[fqn][0], xs), fqn) for fqn, xs in inputs.items()}
     table: dict[str, dict[Bits, float]] = {fqn: {} for fqn in inputs}
     for b, qm in uniformly_applied(model, bits, backend, ranges):
-        for fqn, xs in inputs.items():
-            table[fqn][b] = time_calls([_calls(model.get_submodule(fqn), xs)], repeats)[0]
+        for fqn in timed.values():
+            table[fqn][b] = time_calls([_calls(model.get_submodule(fqn), inputs[fqn])], repeats)[0]
+        for fqn, rep in representative.items():
+            table[fqn][b] = table[rep][b]
         if while_applied is not None:
             while_applied(b, qm)
     return table
+
+
+def _timing_key(module: nn.Module, xs: Sequence[torch.Tensor]) -> tuple[object, ...]:
+    weight = getattr(module, "weight", None)
+    geometry = tuple(getattr(module, a, None) for a in ("stride", "padding", "dilation", "groups"))
+    return (type(module), None if weight is None else tuple(weight.shape), getattr(module, "bias", None) is not None,
+            geometry, tuple((tuple(x.shape), x.dtype) for x in xs))
 
 
 def _calls(layer: nn.Module, xs: Sequence[torch.Tensor]) -> Callable[[], object]:

@@ -119,3 +119,23 @@ def test_side_by_side_replays_every_recorded_call_quantized_then_float() -> None
     assert len(float_calls) == 2 + 1  # each call once, plus one warm-up
     assert set(layer.ran) == {0, 1}  # replayed at each call's own step
     assert 0 < quantized_s < float_s / 1.3, (quantized_s, float_s)
+
+
+class _Twins(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = torch.nn.Linear(64, 64), torch.nn.Linear(64, 64), torch.nn.Linear(64, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(self.b(self.a(x)))
+
+
+def test_layers_alike_in_shape_and_inputs_are_timed_once() -> None:
+    torch.manual_seed(0)
+    model, x = _Twins().eval(), torch.randn(8, 64)
+    calls = {name: 0 for name in "abc"}
+    for name in calls:
+        getattr(model, name).register_forward_hook(lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))
+    table = measure_latency(model, lambda: model(x), ["W8A16"], "int8", repeats=2)
+    assert calls["b"] == 1 and calls["a"] > 1 and calls["c"] > 1  # b: only in the run that recorded the inputs
+    assert table["b"] == table["a"] and set(table["c"]) == set(table["a"])
