@@ -161,26 +161,6 @@ class SensitivityScore(Base):
     stderr: Mapped[float | None] = mapped_column(Float)
 
 
-class LatencyEntry(Base):
-    """Per-layer latency measured on one machine with one backend. Not tied to a study: tables are
-    expensive to build and every study of the same model on that machine reuses them."""
-
-    __tablename__ = PREFIX + "latency"
-    __table_args__ = (
-        UniqueConstraint("model", "backend", "machine", "fqn", "w_bits", "a_bits", name="uq_latency"),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    model: Mapped[str] = mapped_column(String(200))
-    backend: Mapped[str] = mapped_column(String(64))
-    machine: Mapped[str] = mapped_column(String(200))
-    fqn: Mapped[str] = mapped_column(String(500))
-    w_bits: Mapped[int]
-    a_bits: Mapped[int]
-    seconds: Mapped[float] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
 class Candidate(Base):
     __tablename__ = PREFIX + "candidates"
     __table_args__ = (

@@ -1,7 +1,7 @@
 """The storage API that search/ (coordinator, workers, CLI) uses. Plain dicts and JSON in, frozen
 records out: callers never hold ORM objects or sessions, and nothing here imports our other
 packages and knows none of their vocabularies: configs and specs are opaque versioned JSON, score sets
-and latency tables are rows of plain numbers, origins and run labels are free text (the callers in
+are rows of plain numbers, origins and run labels are free text (the callers in
 search/ encode and decode with the codecs beside the types, e.g. Scores.to_table, and validate names
 against the registries).
 
@@ -48,7 +48,6 @@ from storage.models import (
     Candidate,
     CandidateState,
     Evaluation,
-    LatencyEntry,
     LayerRow,
     ScoreSet,
     SensitivityScore,
@@ -384,7 +383,7 @@ class Storage:
         return self._db.run(fn, readonly=True)
 
     def delete_study(self, name: str) -> None:
-        """Delete a study and everything recorded for it (latency tables are shared; they stay)."""
+        """Delete a study and everything recorded for it (its target tables are among its artifacts)."""
 
         def fn(s: Session) -> None:
             sid = self._study(s, name).id
@@ -523,51 +522,6 @@ class Storage:
             ]
 
         return self._db.run(fn, readonly=True)
-
-    # ---- latency tables -----------------------------------------------------------------------
-    def put_latency(
-        self, model: str, backend: str, machine: str, table: Mapping[tuple[str, int, int], float],
-    ) -> None:
-        """Upsert per-layer seconds measured on `machine` with `backend`, keyed (fqn, w_bits, a_bits).
-        `model` identifies the model (e.g. workload name + weights hash)."""
-        rows = []
-        for (fqn, w, a), seconds in table.items():
-            sec = _finite(seconds, f"latency of {(fqn, w, a)!r}")
-            if sec < 0:
-                raise ValueError(f"latency of {(fqn, w, a)!r} is {seconds!r}; must be >= 0")
-            rows.append({"model": model, "backend": backend, "machine": machine, "fqn": str(fqn),
-                         "w_bits": int(w), "a_bits": int(a), "seconds": sec, "created_at": utcnow()})
-
-        def fn(s: Session) -> None:
-            for row in rows:
-                stmt = _insert(s, LatencyEntry).values(**row)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["model", "backend", "machine", "fqn", "w_bits", "a_bits"],
-                    set_={"seconds": stmt.excluded.seconds, "created_at": stmt.excluded.created_at},
-                )
-                s.execute(stmt)
-
-        self._db.run(fn)
-
-    def get_latency(self, model: str, backend: str, machine: str) -> dict[tuple[str, int, int], float]:
-        """{(fqn, w_bits, a_bits): seconds}; empty if no table was measured there."""
-
-        def fn(s: Session) -> dict[tuple[str, int, int], float]:
-            q = select(LatencyEntry).where(
-                LatencyEntry.model == model, LatencyEntry.backend == backend, LatencyEntry.machine == machine
-            )
-            return {(r.fqn, r.w_bits, r.a_bits): r.seconds for r in s.scalars(q)}
-
-        return self._db.run(fn, readonly=True)
-
-    def latency_tables(self, model: str | None = None) -> list[tuple[str, str, str, int]]:
-        """(model, backend, machine, entries) of each stored table."""
-        q = select(LatencyEntry.model, LatencyEntry.backend, LatencyEntry.machine, func.count()).group_by(
-            LatencyEntry.model, LatencyEntry.backend, LatencyEntry.machine
-        )
-        if model is not None:
-            q = q.where(LatencyEntry.model == model)
-        return self._db.run(lambda s: [(m, b, h, int(n)) for m, b, h, n in s.execute(q).all()], readonly=True)
 
     # ---- candidates ---------------------------------------------------------------------------
     def add_candidate(

@@ -84,15 +84,6 @@ def test_scores_are_rows_of_plain_numbers_storage_checks_only_as_numbers(storage
         storage.put_scores("s", **rows, values={("x", 0, 3, 5): 1.0}, stderr={("y", 0, 3, 5): 0.1})
 
 
-def test_latency_round_trip(storage: Storage) -> None:
-    storage.put_latency("builtin@abc", "int8", "host1", {("a", 8, 8): 1e-3, ("b", 4, 16): 2e-3})
-    storage.put_latency("builtin@abc", "int8", "host1", {("a", 8, 8): 5e-4})  # upsert
-    storage.put_latency("builtin@abc", "int8", "host2", {("a", 8, 8): 7.0})
-    assert storage.get_latency("builtin@abc", "int8", "host1") == {("a", 8, 8): 5e-4, ("b", 4, 16): 2e-3}
-    assert storage.get_latency("builtin@abc", "fake", "host1") == {}
-    assert sorted(storage.latency_tables()) == [("builtin@abc", "int8", "host1", 2), ("builtin@abc", "int8", "host2", 1)]
-
-
 def test_candidate_add_is_idempotent(storage: Storage) -> None:
     storage.create_study("s", SPEC)
     cfg = bit_config(0)
