@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from quant.apply import QuantizedModel, quantized
-from quant.backends.base import Backend
+from quant.backends.base import Backend, LayerKernel
 from quant.calibrate import ActivationRanges
 from quant.config import FULL_PRECISION, BitConfig, Bits, TimestepGroups
 from quant.cost import LatencyTable
@@ -63,22 +63,33 @@ def measure_latency(model: nn.Module, run: Callable[[], Any], bits: Sequence[Bit
     """Seconds per denoiser forward of each layer at each of `bits` (plus full precision).
     `while_applied(bits, qm)` runs while each pair is applied (e.g. to read what its kernels hold).
 
-    Layers alike in everything a kernel's time depends on (`_timing_key`: type, weight shape, bias,
-    conv geometry, the shapes and dtype of every call's input) are timed once, on the first of them:
-    a real-size UNet repeats a few dozen shapes over hundreds of layers."""
+    Work that is the same is timed once: layers alike in everything a kernel's time depends on
+    (`_timing_key`: type, weight shape, bias, conv geometry, the shapes and dtype of every call's input)
+    on the first of them (a real-size UNet repeats a few dozen shapes over hundreds of layers); and pairs
+    whose kernels for a layer run the same code on the same tensors (`_kernel_key`: W4A8, W6A8 and W8A8
+    all run the int8 kernel on int8 codes) on the first of them, so noise cannot rank them apart."""
     inputs = layer_inputs(model, run)
     modules = quantizable_modules(model)
     timed: dict[tuple[object, ...], str] = {}  # key -> the layer timed for it
     representative = {fqn: timed.setdefault(_timing_key(modules[fqn][0], xs), fqn) for fqn, xs in inputs.items()}
     table: dict[str, dict[Bits, float]] = {fqn: {} for fqn in inputs}
+    kernel_times: dict[tuple[str, tuple[object, ...]], float] = {}  # (layer, kernel key) -> seconds
     for b, qm in uniformly_applied(model, bits, backend, ranges):
         for fqn in timed.values():
-            table[fqn][b] = time_calls([_calls(model.get_submodule(fqn), inputs[fqn])], repeats)[0]
+            q = qm.layers.get(fqn)
+            key = (fqn, ("float",) if q is None else _kernel_key(q.kernels[b]))
+            if key not in kernel_times:
+                kernel_times[key] = time_calls([_calls(model.get_submodule(fqn), inputs[fqn])], repeats)[0]
+            table[fqn][b] = kernel_times[key]
         for fqn, rep in representative.items():
             table[fqn][b] = table[rep][b]
         if while_applied is not None:
             while_applied(b, qm)
     return table
+
+
+def _kernel_key(kernel: LayerKernel) -> tuple[object, ...]:
+    return (kernel.label, tuple((t.dtype, tuple(t.shape)) for t in kernel.held))
 
 
 def _timing_key(module: nn.Module, xs: Sequence[torch.Tensor]) -> tuple[object, ...]:

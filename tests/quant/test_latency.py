@@ -139,3 +139,13 @@ def test_layers_alike_in_shape_and_inputs_are_timed_once() -> None:
     table = measure_latency(model, lambda: model(x), ["W8A16"], "int8", repeats=2)
     assert calls["b"] == 1 and calls["a"] > 1 and calls["c"] > 1  # b: only in the run that recorded the inputs
     assert table["b"] == table["a"] and set(table["c"]) == set(table["a"])
+
+
+def test_pairs_that_run_the_same_kernel_on_the_same_tensors_share_one_timing(tiny, tiny_input) -> None:
+    """W4A8 and W8A8 both run the int8 kernel on int8 codes: one timing, so noise cannot rank them apart;
+    W4A16 and W8A16 on linears hold int4-packed and int8 weights: timed apart."""
+    ranges = calibrate_activations(tiny, TimestepGroups(1), lambda set_step: (set_step(0), tiny(tiny_input)))
+    table = measure_latency(tiny, lambda: tiny(tiny_input), ["W8A8", "W4A8", "W8A16", "W4A16"], "int8", ranges,
+                            repeats=2)
+    assert table["proj"][Bits(4, 8)] == table["proj"][Bits(8, 8)]
+    assert table["proj"][Bits(4, 16)] != table["proj"][Bits(8, 16)]
