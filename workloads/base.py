@@ -9,8 +9,11 @@ Metrics come in two families, reported separately because the decoupled sensitiv
 needs both (MixDQ):
 - `quality`: fidelity to the full-precision model on the same seeds and initial noise (SQNR of
   denoiser outputs, PSNR/SSIM of images) and distribution quality;
-- `alignment`: how well the images follow their prompts (batch means in `alignment`, per-image
+- `alignment`: how well the images follow their conditioning (batch means in `alignment`, per-image
   continuous scores in `alignment_scores`).
+
+A batch's conditioning is typed (`Condition`): a prompt (str) for text-to-image models, a class label
+(int) for class-conditional ones, None for unconditional ones.
 """
 
 from __future__ import annotations
@@ -39,18 +42,49 @@ class WorkloadError(BitsearchError, ValueError):
     """A workload cannot be built or run as asked; the one-line message says what was expected."""
 
 
+# What one image is conditioned on: a prompt (text-to-image), a class label (class-conditional) or
+# None (unconditional). Plain values, so batches compare, hash and print as what they mean.
+Condition = str | int | None
+
+
 @dataclass(frozen=True)
 class Batch:
-    """Prompts and one seed per image: the same batch always gives the same initial noise."""
+    """One condition and one seed per image: the same batch always gives the same initial noise."""
 
-    prompts: tuple[str, ...]
+    conditions: tuple[Condition, ...]
     seeds: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        if len(self.prompts) != len(self.seeds):
-            raise ValueError(f"{len(self.prompts)} prompts but {len(self.seeds)} seeds: give one seed per prompt")
-        if not self.prompts:
-            raise ValueError("a batch needs at least one prompt")
+        if len(self.conditions) != len(self.seeds):
+            raise ValueError(f"{len(self.conditions)} conditions but {len(self.seeds)} seeds: give one seed per image")
+        if not self.conditions:
+            raise ValueError("a batch needs at least one image")
+        for c in self.conditions:
+            # bool is an int subclass: True would silently become class 1
+            if not (c is None or isinstance(c, str) or (isinstance(c, int) and not isinstance(c, bool))):
+                raise ValueError(f"condition {c!r} is a {type(c).__name__}; expected a prompt (str), a class "
+                                 "label (int) or None (unconditional)")
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        """The conditions as prompts; WorkloadError when the batch holds anything else."""
+        prompts = tuple(c for c in self.conditions if isinstance(c, str))
+        if len(prompts) != len(self.conditions):
+            raise self._not("prompts")
+        return prompts
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        """The conditions as class labels; WorkloadError when the batch holds anything else."""
+        labels = tuple(c for c in self.conditions if isinstance(c, int))
+        if len(labels) != len(self.conditions):
+            raise self._not("class labels")
+        return labels
+
+    def _not(self, what: str) -> WorkloadError:
+        held = ", ".join(sorted({"None" if c is None else type(c).__name__ for c in self.conditions}))
+        return WorkloadError(f"this batch holds {held} conditions, not {what}: the workload and its batches "
+                             "disagree on the conditioning (see workloads.base.Condition)")
 
 
 @dataclass
@@ -104,6 +138,12 @@ class Workload(ABC):
         empty when the workload has no real data."""
         return {}
 
+    def full_metric_families(self) -> frozenset[str]:
+        """Which of `alignment` and `distribution` this workload reports (a study skips the full
+        evaluation of one with neither). Default: those it overrides; override where options decide."""
+        own = type(self)
+        return frozenset(f for f in ("alignment", "distribution") if getattr(own, f) is not getattr(Workload, f))
+
     def calibration_run(self, batch: Batch) -> Callable[[OnStep], None]:
         """A `run(set_step)` for `quant.calibrate.calibrate_activations` over this batch."""
 
@@ -150,7 +190,7 @@ def denoiser_inputs(workload: Workload) -> dict[str, object]:
 
 # The built-in workloads' modules are named here, not imported: diffusers takes seconds to import.
 WORKLOADS: Registry[Workload] = Registry("workload", "workloads.builtin.workload", "workloads.diffusers_workload",
-                                         entry_points="bitsearch.workloads")
+                                         "workloads.class_conditional", entry_points="bitsearch.workloads")
 register = WORKLOADS.register
 
 
@@ -159,26 +199,37 @@ def workload_names() -> list[str]:
 
 
 def load_workload(name_or_path: str, **options: Any) -> Workload:
-    """A registered workload (`builtin`: the shipped model) or the path of a local diffusers pipeline
-    directory; unknown options are rejected with the valid ones."""
+    """A registered workload (`builtin`: the shipped model), the path of a local diffusers pipeline
+    directory or of a bare class-conditional model directory; unknown options are rejected with the
+    valid ones."""
     name, args = _resolve(name_or_path)
     return WORKLOADS.create(name, *args, **options)
+
+
+# The workloads a directory path resolves to (by what the directory holds), never named alone.
+DIRECTORY_WORKLOADS = ("diffusers", "class-conditional")
 
 
 def _resolve(name_or_path: str) -> tuple[str, tuple[str, ...]]:
     """The registered workload `name_or_path` names, and its positional arguments (nothing is loaded but
     a plugin's module, which registers it under `name_or_path`)."""
+    if name_or_path in DIRECTORY_WORKLOADS:
+        raise WorkloadError(f"{name_or_path} is the workload of a model directory: give --model the directory's path")
     if name_or_path in WORKLOADS:
         return name_or_path, ()
     if is_plugin(name_or_path):
         WORKLOADS.add(name_or_path, plugin_class(name_or_path))
         return name_or_path, ()
-    if Path(name_or_path).exists():
-        return "diffusers", (name_or_path,)
+    path = Path(name_or_path)
+    if path.exists():
+        # a bare model directory (config.json, no pipeline around it) is sampled by our own loop
+        bare = (path / "config.json").is_file() and not (path / "model_index.json").is_file()
+        return DIRECTORY_WORKLOADS[1 if bare else 0], (name_or_path,)
     raise UnknownNameError(
         f"{name_or_path}: neither a workload name ({', '.join(workload_names())}) nor an existing path; "
-        "expected a name, a local diffusers pipeline directory (with model_index.json), or a plugin "
-        "workload as package.module:Class or /path/to/file.py:Class"
+        "expected a name, a local diffusers pipeline directory (with model_index.json), a class-conditional "
+        "model directory (config.json + scheduler_config.json), or a plugin workload as package.module:Class "
+        "or /path/to/file.py:Class"
     )
 
 
@@ -246,16 +297,16 @@ def check_samples(model: str, **counts: int) -> None:
                                     f"its {metric} metric needs at least {least} images")
 
 
-def prompts_seeds(prompts: Sequence[str], n: int, base_seed: int, offset: int = 0) -> Batch:
-    """Cycle through `prompts`; seed i is base_seed + offset + i."""
-    chosen = tuple(prompts[(offset + i) % len(prompts)] for i in range(n))
+def prompts_seeds(conditions: Sequence[Condition], n: int, base_seed: int, offset: int = 0) -> Batch:
+    """Cycle through `conditions` (prompts, class labels, or `(None,)`); seed i is base_seed + offset + i."""
+    chosen = tuple(conditions[(offset + i) % len(conditions)] for i in range(n))
     return Batch(chosen, tuple(base_seed + offset + i for i in range(n)))
 
 
-def split_batch(prompts: Sequence[str], n: int, split: str, base_seed: int, offset: int = 0) -> Batch:
+def split_batch(conditions: Sequence[Condition], n: int, split: str, base_seed: int, offset: int = 0) -> Batch:
     """`prompts_seeds` with the seed range of `split` (see SPLIT_SEED_BASES): disjoint across splits."""
     if split not in SPLIT_SEED_BASES:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_SEED_BASES)}")
     if n < 1 or offset < 0 or offset + n > SPLIT_SEED_STRIDE:
         raise ValueError(f"need n >= 1, offset >= 0 and offset + n <= {SPLIT_SEED_STRIDE}, got n={n}, offset={offset}")
-    return prompts_seeds(prompts, n, base_seed + SPLIT_SEED_BASES[split], offset)
+    return prompts_seeds(conditions, n, base_seed + SPLIT_SEED_BASES[split], offset)

@@ -1,10 +1,11 @@
 """The `diffusers` workload: any local diffusers pipeline directory, its denoiser quantized in place.
 
-`DiffusersWorkload(path)` loads a pipeline a user already has on disk (Stable Diffusion 1.x/2.x,
-SDXL, PixArt-alpha/Sigma, or any other text-to-image `DiffusionPipeline` whose denoiser is a `unet`
-or a `transformer` component; or an unconditional one, `DDPMPipeline`/`DDIMPipeline`) with `local_files_only=True` and safetensors weights only. The
-denoiser is `self.denoiser`; `quant.apply` swaps its layers in place, so the pipeline runs them
-without knowing.
+`DiffusersWorkload(path)` loads a pipeline a user already has on disk with `local_files_only=True` and
+safetensors weights only: a text-to-image one (Stable Diffusion 1.x/2.x, SDXL, PixArt-alpha/Sigma, or any
+other `DiffusionPipeline` taking a `prompt` whose denoiser is a `unet` or a `transformer` component), an
+unconditional one (`DDPMPipeline`, `DDIMPipeline`, `LDMPipeline`: a `batch_size`) or a class-conditional
+one (`DiTPipeline`: `class_labels`, see `workloads.class_conditional.ClassLabels`). The denoiser is
+`self.denoiser`; `quant.apply` swaps its layers in place, so the pipeline runs them without knowing.
 
 Per-timestep bits need the step index before every denoiser call. Pipelines do not expose that
 uniformly (callbacks run *after* a step, some pipelines have none), so a forward pre-hook on the
@@ -21,9 +22,10 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +33,9 @@ from torch import Tensor, nn
 from quant.layers import quantizable_modules
 from workloads.base import Batch, Generation, OnStep, Workload, WorkloadError, register, split_batch
 from workloads.denoisers import DENOISER_SUBFOLDERS, ModelLoadError, load_denoiser
+
+if TYPE_CHECKING:
+    from workloads.class_conditional import ClassLabels
 
 # Generic prompts for when the user gives none: varied subjects, styles and compositions, so
 # calibration sees a spread of activations rather than one kind of image.
@@ -50,15 +55,19 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 )
 
 _EXPECTED = "expected a local diffusers pipeline directory (with model_index.json)"
-UNCONDITIONAL = "unconditional"  # the one conditioning of an unconditional pipeline's batches
+# What a pipeline's __call__ takes, by how its images are conditioned (the first one it has wins)
+PROMPT, CLASS_LABELS, BATCH_SIZE = "prompt", "class_labels", "batch_size"
 
 
 @register("diffusers")
 class DiffusersWorkload(Workload):
-    """A local diffusers text-to-image or unconditional pipeline; its `unet` or `transformer` gets quantized.
+    """A local diffusers text-to-image, unconditional or class-conditional pipeline; its `unet` or
+    `transformer` gets quantized.
 
     - `prompts`: a list of prompts, the path of a text file with one prompt per line, or None for
-      `DEFAULT_PROMPTS`; batches cycle through them.
+      `DEFAULT_PROMPTS`; batches cycle through them (text-to-image pipelines only).
+    - `num_classes`, `classes`, `classifier` (class-conditional pipelines only): which class labels
+      batches cycle through, and a classifier directory for `label_accuracy`; see `ClassLabels`.
     - `num_steps`: sampler steps, i.e. denoiser calls per image (timestep groups partition these).
     - `guidance_scale`, `resolution` (square, in pixels): None keeps the pipeline's own defaults.
     - `base_seed`: image i of the eval split gets seed base_seed + i (see `workloads.base.split_batch`).
@@ -66,7 +75,6 @@ class DiffusersWorkload(Workload):
     - `scheduler`: name of a diffusers scheduler class to use instead of the saved one, built from
       the saved scheduler's config (e.g. "DDIMScheduler" for a pipeline saved with PNDM).
     """
-
 
     def __init__(
         self,
@@ -79,75 +87,71 @@ class DiffusersWorkload(Workload):
         torch_dtype: str | torch.dtype | None = None,
         scheduler: str | None = None,
         device: str = "cpu",
+        num_classes: int | None = None,
+        classes: Sequence[int] | None = None,
+        classifier: str | Path | None = None,
     ) -> None:
         if num_steps < 1:
             raise WorkloadError(f"num_steps must be >= 1, got {num_steps}")
         self.path = Path(path)
-        self.prompts = _read_prompts(prompts)
+        self.prompts = _read_prompts(prompts)  # unused by pipelines that take no prompt
         self.num_steps = num_steps
         self.guidance_scale = guidance_scale
         self.resolution = resolution
         self.base_seed = base_seed
         self.device = device
         # Any: a pipeline's components (unet, scheduler, ...) are attributes set at run time.
-        self.pipe: Any = _load_pipeline(self.path, _dtype(torch_dtype), device)
+        self.pipe: Any = _load_pipeline(self.path, as_dtype(torch_dtype), device)
         if scheduler is not None:
-            self.pipe.scheduler = _scheduler(self.pipe, scheduler)
+            self.pipe.scheduler = scheduler_named(self.pipe.scheduler, scheduler)
         self.denoiser = _denoiser(self.pipe, self.path)
         params = inspect.signature(self.pipe.__call__).parameters
-        # text-to-image pipelines take prompts; unconditional ones (DDPM, DDIM) a batch size
-        self.conditional = "prompt" in params
-        if not self.conditional and "batch_size" not in params:
+        kind = type(self.pipe).__name__
+        conditioning = next((p for p in (PROMPT, CLASS_LABELS, BATCH_SIZE) if p in params), None)
+        if conditioning is None:
             raise WorkloadError(
-                f"{self.path}: {type(self.pipe).__name__} takes neither a prompt nor a batch size (e.g. class "
-                "labels: class-conditional pipelines are not covered yet); write a workload for it, see "
-                "docs/bring-your-own-model.md"
+                f"{self.path}: {kind} takes neither a prompt, class labels nor a batch size; write a workload "
+                "for it, see docs/bring-your-own-model.md"
             )
-        if not self.conditional and prompts is not None:
-            raise WorkloadError(f"{self.path}: {type(self.pipe).__name__} is unconditional; it takes no prompts")
-        self._check_calls_per_step()
+        self.conditioning = conditioning
+        if conditioning != PROMPT and prompts is not None:
+            raise WorkloadError(f"{self.path}: {kind} is not a text-to-image pipeline; it takes no prompts")
+        self.labels: ClassLabels | None = None
+        if conditioning == CLASS_LABELS:
+            self.labels = self._class_labels(num_classes, classes, classifier)
+        elif (num_classes, classes, classifier) != (None, None, None):
+            raise WorkloadError(f"{self.path}: {kind} is not class-conditional; num_classes, classes and "
+                                "classifier apply to class-conditional models only")
+        check_one_call_per_step(self.pipe.scheduler, self.num_steps, str(self.path))
 
     # ---- Workload -----------------------------------------------------------------------------
     def batch(self, n: int, split: str = "eval", offset: int = 0) -> Batch:
-        return split_batch(self.prompts if self.conditional else (UNCONDITIONAL,), n, split, self.base_seed, offset)
+        conditions = (self.prompts if self.conditioning == PROMPT
+                      else self.labels.classes if self.labels is not None else (None,))
+        return split_batch(conditions, n, split, self.base_seed, offset)
 
     def generate(self, batch: Batch, on_step: OnStep | None = None, record_steps: bool = False) -> Generation:
-        calls = 0
-        outputs: list[Tensor] = []
-
-        def before_call(_module: nn.Module, _args: Any) -> None:
-            nonlocal calls
-            if calls >= self.num_steps:
-                raise WorkloadError(
-                    f"{type(self.pipe).__name__} called its denoiser more than num_steps={self.num_steps} "
-                    "times in one generation (a multi-call scheduler, or separate conditional and "
-                    "unconditional calls); bitsearch needs one denoiser call per step, e.g. scheduler='DDIMScheduler'"
-                )
-            if on_step is not None:
-                on_step(calls)
-            calls += 1
-
-        def after_call(_module: nn.Module, _args: Any, output: Any) -> None:
-            outputs.append(_output_tensor(output).detach().float().cpu().clone())
-
-        handles = [self.denoiser.register_forward_pre_hook(before_call)]
-        if record_steps:
-            handles.append(self.denoiser.register_forward_hook(after_call))
-        try:
-            with torch.no_grad():
-                result = self.pipe(**self._call_kwargs(batch))
-        finally:
-            for h in handles:
-                h.remove()
-        if calls != self.num_steps:
-            raise WorkloadError(
-                f"{type(self.pipe).__name__} called its denoiser {calls} times for num_steps={self.num_steps}; "
-                "bitsearch needs exactly one denoiser call per step"
-            )
+        # fork_rng: DiTPipeline steps its scheduler without our generators, so a stochastic one (DDPM)
+        # draws from the global RNG; seeded from the batch, the same batch gives the same images.
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), step_calls(
+                self.denoiser, self.num_steps, on_step, record_steps, type(self.pipe).__name__) as outputs:
+            torch.manual_seed(batch.seeds[0])
+            result = self.pipe(**self._call_kwargs(batch))
         images = torch.as_tensor(result.images if hasattr(result, "images") else result[0]).float().cpu()
         if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
             images = images.permute(0, 3, 1, 2)  # unconditional pipelines return NHWC arrays
         return Generation(images.contiguous(), outputs)
+
+    def alignment(self, batch: Batch, test: Generation) -> dict[str, float]:
+        """`label_accuracy` and `label_probability` when a class-conditional pipeline has a classifier."""
+        return {} if self.labels is None else self.labels.alignment(batch, test)
+
+    def alignment_scores(self, batch: Batch, test: Generation) -> dict[str, Tensor]:
+        return super().alignment_scores(batch, test) if self.labels is None else self.labels.scores(batch, test)
+
+    def full_metric_families(self) -> frozenset[str]:
+        """Alignment only where a class-conditional pipeline has a classifier (no metric for the others)."""
+        return frozenset({"alignment"} if self.labels is not None and self.labels.classifier is not None else ())
 
     # ---- internals ----------------------------------------------------------------------------
     def _call_kwargs(self, batch: Batch) -> dict[str, Any]:
@@ -157,11 +161,13 @@ class DiffusersWorkload(Workload):
             # One generator per image: an image's noise depends only on its own seed.
             "generator": [torch.Generator("cpu").manual_seed(s) for s in batch.seeds],
         }
-        if not self.conditional:  # DDPM/DDIM pipelines return arrays unless asked for PIL
+        if self.conditioning == BATCH_SIZE:  # DDPM/DDIM pipelines return arrays unless asked for PIL
             return {**kwargs, "batch_size": len(batch.seeds), "output_type": "np"}
-        kwargs |= {"prompt": list(batch.prompts), "output_type": "pt"}
         if self.guidance_scale is not None:
             kwargs["guidance_scale"] = self.guidance_scale
+        if self.conditioning == CLASS_LABELS:  # DiTPipeline: conditional and null halves in one call
+            return {**kwargs, "class_labels": list(batch.labels), "output_type": "pt"}
+        kwargs |= {"prompt": list(batch.prompts), "output_type": "pt"}
         if self.resolution is not None:
             kwargs["height"] = kwargs["width"] = self.resolution
         # PixArt-style options: binning resizes to a trained aspect-ratio bucket (and rejects sample
@@ -173,20 +179,24 @@ class DiffusersWorkload(Workload):
             kwargs["clean_caption"] = False
         return kwargs
 
-    def _check_calls_per_step(self) -> None:
-        """Fail at load time, not mid-search, when the scheduler calls the model more than once a step."""
-        probe = copy.deepcopy(self.pipe.scheduler)
-        try:
-            probe.set_timesteps(self.num_steps)
-        except Exception:  # an exotic set_timesteps signature: generate()'s call count still checks
-            return
-        timesteps = getattr(probe, "timesteps", None)
-        if timesteps is not None and len(timesteps) != self.num_steps:
+    def _class_labels(self, num_classes: int | None, classes: Sequence[int] | None,
+                      classifier: str | Path | None) -> ClassLabels:
+        """DiTPipeline's labels: its id2label's classes by default, else every class its transformer embeds."""
+        from workloads.class_conditional import ClassLabels, embedded_classes
+
+        embedded, table = embedded_classes(self.denoiser, str(self.path))
+        named = sorted(set(getattr(self.pipe, "labels", {}).values()))  # DiTPipeline's id2label
+        # the pipeline's guidance feeds class 1000 (ImageNet's null class) for the unconditional half
+        guidance = 4.0 if self.guidance_scale is None else self.guidance_scale
+        if guidance > 1 and table <= 1000:
             raise WorkloadError(
-                f"{self.path}: scheduler {type(probe).__name__} runs {len(timesteps)} denoiser calls for "
-                f"{self.num_steps} steps; bitsearch needs one call per step: pass scheduler= one of "
-                f"{_single_call_schedulers(self.pipe)}"
+                f"{self.path}: {type(self.pipe).__name__} guides with the null class 1000 but its transformer "
+                f"embeds {table} labels; pass guidance_scale=1, or load the transformer directory alone with "
+                "null_class= (see docs/bring-your-own-model.md)"
             )
+        if num_classes is None and classes is None and named:
+            classes = named
+        return ClassLabels.from_options(str(self.path), embedded, num_classes, classes, classifier)
 
 
 def _read_prompts(prompts: Sequence[str] | str | Path | None) -> tuple[str, ...]:
@@ -209,7 +219,61 @@ def _read_prompts(prompts: Sequence[str] | str | Path | None) -> tuple[str, ...]
     return out
 
 
-def _dtype(torch_dtype: str | torch.dtype | None) -> torch.dtype | None:
+@contextmanager
+def step_calls(denoiser: nn.Module, num_steps: int, on_step: OnStep | None, record_steps: bool,
+               who: str) -> Iterator[list[Tensor]]:
+    """Around one generation: `on_step(i)` before the denoiser's i-th call (a forward pre-hook, so any
+    sampler loop works unchanged), its outputs appended to the yielded list when `record_steps`, and a
+    WorkloadError unless it was called exactly `num_steps` times (`who`: the sampler, for the message)."""
+    calls = 0
+    outputs: list[Tensor] = []
+
+    def before_call(_module: nn.Module, _args: Any) -> None:
+        nonlocal calls
+        if calls >= num_steps:
+            raise WorkloadError(
+                f"{who} called its denoiser more than num_steps={num_steps} times in one generation (a "
+                "multi-call scheduler, or separate conditional and unconditional calls); bitsearch needs one "
+                "denoiser call per step, e.g. scheduler='DDIMScheduler'"
+            )
+        if on_step is not None:
+            on_step(calls)
+        calls += 1
+
+    def after_call(_module: nn.Module, _args: Any, output: Any) -> None:
+        outputs.append(output_tensor(output).detach().float().cpu().clone())
+
+    handles = [denoiser.register_forward_pre_hook(before_call)]
+    if record_steps:
+        handles.append(denoiser.register_forward_hook(after_call))
+    try:
+        yield outputs
+    finally:
+        for h in handles:
+            h.remove()
+    if calls != num_steps:
+        raise WorkloadError(
+            f"{who} called its denoiser {calls} times for num_steps={num_steps}; bitsearch needs exactly one "
+            "denoiser call per step"
+        )
+
+
+def check_one_call_per_step(scheduler: Any, num_steps: int, where: str) -> None:
+    """Fail at load time, not mid-search, when the scheduler calls the model more than once a step."""
+    probe = copy.deepcopy(scheduler)
+    try:
+        probe.set_timesteps(num_steps)
+    except Exception:  # an exotic set_timesteps signature: step_calls' count still checks
+        return
+    timesteps = getattr(probe, "timesteps", None)
+    if timesteps is not None and len(timesteps) != num_steps:
+        raise WorkloadError(
+            f"{where}: scheduler {type(probe).__name__} runs {len(timesteps)} denoiser calls for {num_steps} "
+            f"steps; bitsearch needs one call per step: pass scheduler= one of {_single_call_schedulers(scheduler)}"
+        )
+
+
+def as_dtype(torch_dtype: str | torch.dtype | None) -> torch.dtype | None:
     if torch_dtype is None or isinstance(torch_dtype, torch.dtype):
         return torch_dtype
     dtype = getattr(torch, torch_dtype, None)
@@ -243,7 +307,7 @@ def _load_pipeline(path: Path, dtype: torch.dtype | None, device: str) -> Any:
         )
         pipe = pipe.to(device)
     except Exception as err:  # diffusers/transformers raise many types; report one line
-        raise WorkloadError(f"{path}: could not load the pipeline: {_one_line(err)}") from err
+        raise WorkloadError(f"{path}: could not load the pipeline: {one_line(err)}") from err
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -268,36 +332,38 @@ def _denoiser(pipe: Any, path: Path) -> nn.Module:
     )
 
 
-def _scheduler(pipe: Any, name: str) -> Any:
+def scheduler_named(current: Any, name: str) -> Any:
+    """The diffusers scheduler class `name`, built from the `current` scheduler's config."""
     import diffusers
 
     cls = getattr(diffusers, name, None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        raise WorkloadError(f"scheduler {name!r} is not a diffusers scheduler class; expected one of {_single_call_schedulers(pipe)}")
-    return cls.from_config(pipe.scheduler.config)
+        raise WorkloadError(f"scheduler {name!r} is not a diffusers scheduler class; expected one of "
+                            f"{_single_call_schedulers(current)}")
+    return cls.from_config(current.config)
 
 
-def _single_call_schedulers(pipe: Any) -> list[str]:
-    """Schedulers compatible with the pipeline's that call the model once per step (order 1)."""
-    names = [c.__name__ for c in getattr(pipe.scheduler, "compatibles", [])]
+def _single_call_schedulers(scheduler: Any) -> list[str]:
+    """Schedulers compatible with `scheduler` that call the model once per step (order 1)."""
+    names = [c.__name__ for c in getattr(scheduler, "compatibles", [])]
     preferred = ["DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"]
     return [n for n in preferred if n in names] or preferred
 
 
-def _output_tensor(output: Any) -> Tensor:
+def output_tensor(output: Any) -> Tensor:
     """The noise prediction in a denoiser's output: a tensor, a tuple (return_dict=False) or a
     BaseOutput with `.sample`."""
     if isinstance(output, Tensor):
         return output
     if isinstance(output, tuple | list):
-        return _output_tensor(output[0])
+        return output_tensor(output[0])
     sample = getattr(output, "sample", None)
     if isinstance(sample, Tensor):
         return sample
     raise WorkloadError(f"cannot find the output tensor of the denoiser in a {type(output).__name__}")
 
 
-def _one_line(err: BaseException, limit: int = 300) -> str:
+def one_line(err: BaseException, limit: int = 300) -> str:
     """First line of an exception, capped: diffusers can put whole file listings in one line."""
     text = str(err).strip()
     line = text.splitlines()[0] if text else type(err).__name__

@@ -5,6 +5,9 @@ the same batch (same prompts, seeds and initial noise). Images are (B, C, H, W) 
   stable signal for ranking configs: it sees every step's error before the sampler averages it out.
 - `psnr_db`, `ssim`: of the final images (torchmetrics' implementations).
 
+- `label_accuracy`, `label_probability`: how often a classifier reads each image as the class it was
+  asked for (class-conditional workloads with a user's classifier).
+
 Workload-specific distribution and alignment metrics live with their workload (e.g. the built-in
 model's classifier-based Fréchet distance and prompt accuracy).
 """
@@ -32,6 +35,9 @@ declare(
     Quantity("clip_score", "", True, "CLIP-style text-image score (the shipped pair)"),
     Quantity("clip_score_real", "", True, "CLIPScore with a real CLIP model"),
     Quantity("fcd", "", False, "Fréchet distance of classifier features to real images"),
+    # class-conditional workloads, with the user's classifier (workloads.class_conditional)
+    Quantity("label_accuracy", "", True, "share of images the user's classifier reads as their class label"),
+    Quantity("label_probability", "", True, "the user's classifier's probability of the asked class"),
 )
 QUALITY = "psnr_db"  # the fidelity metric every workload returns: what promotion and the solvers rank by
 
@@ -69,3 +75,13 @@ def fidelity(reference: Generation, test: Generation) -> dict[str, float]:
     if reference.step_outputs and test.step_outputs:
         out["sqnr_db"] = sqnr_db(torch.stack(reference.step_outputs), torch.stack(test.step_outputs))
     return out
+
+
+def label_probabilities(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per image, the softmax probability of its asked class: (B, classes) logits, (B,) labels -> (B,)."""
+    return torch.softmax(logits.double(), dim=-1).gather(1, labels.long().view(-1, 1)).squeeze(1)
+
+
+def label_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of images whose most likely class is the asked one."""
+    return float((logits.argmax(dim=-1) == labels.long()).double().mean())

@@ -101,7 +101,7 @@ class WorkloadSuite:
 
     def test_batches_are_fixed_and_splits_never_share_a_seed(self, workload: Workload) -> None:
         ev, cal = workload.batch(3), workload.batch(3, "calibration")
-        assert ev == workload.batch(3) and len(ev.prompts) == len(ev.seeds) == 3
+        assert ev == workload.batch(3) and len(ev.conditions) == len(ev.seeds) == 3
         assert not set(ev.seeds) & set(cal.seeds)
         assert workload.batch(2, offset=1).seeds == ev.seeds[1:]
 

@@ -21,7 +21,7 @@ class TinyDDIM(Workload):
         self.num_steps, self.size = num_steps, size
 
     def batch(self, n: int, split: str = "eval", offset: int = 0) -> Batch:
-        return split_batch(["unconditional"], n, split, base_seed=0, offset=offset)  # a seed per image
+        return split_batch([None], n, split, base_seed=0, offset=offset)  # unconditional; a seed per image
 
     @torch.no_grad()
     def generate(self, batch: Batch, on_step: OnStep | None = None, record_steps: bool = False) -> Generation:

@@ -27,7 +27,10 @@ from search.cli import app
 from search.executors import Evaluator, LocalExecutor, Outcome, get_executor
 from search.spec import StudySpec
 from search.study import Study
-from storage import CandidateState, Storage, StorageError
+from storage import CandidateState, Storage
+from tests.workloads.killed_study import cli as _cli
+from tests.workloads.killed_study import each_candidate_once as _exactly_once
+from tests.workloads.killed_study import launch_and_kill
 
 SPEC = StudySpec(budget=("wbits=4.5",), timestep_groups=2, num_steps=8, trials=3, eval_samples=4,
                  calibration_samples=2, baselines=("W8A8",))
@@ -36,16 +39,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _quiet(_m: str) -> None:
     pass
-
-
-def _exactly_once(st: Storage, study: str) -> None:
-    """Every candidate COMPLETE with exactly one evaluation at each fidelity it reached (cheap, then
-    full if promoted): none lost, none evaluated twice."""
-    cands = st.list_candidates(study)
-    assert cands and all(c.state == CandidateState.COMPLETE for c in cands), [(c.id, c.state, c.reason) for c in cands]
-    per = Counter((e.candidate_id, e.fidelity) for e in st.list_evaluations(study))
-    reached = {"cheap": ("cheap",), "full": ("cheap", "full")}
-    assert per == {(c.id, f): 1 for c in cands for f in reached[c.fidelity]}
 
 
 class FakeEvaluator(Evaluator):
@@ -264,37 +257,11 @@ def test_the_fake_backend_is_never_recorded_as_measured(prepared: Path, tmp_path
     assert all(not p.measured for p in fake.front_points())
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "search.cli", *args]
-
-
 def test_killed_coordinator_then_resume_evaluates_each_candidate_once(tmp_path: Path) -> None:
     db = str(tmp_path / "k.db")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = subprocess.Popen(
-        _cli("launch", "--name", "k", "--db", db, "--steps", "8", "--timestep-groups", "2", "--trials", "6",
-             "--eval-samples", "4", "--heartbeat-timeout", "1"),
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    st = None
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and launch.poll() is None:
-            if st is None and Path(db).exists():
-                try:
-                    st = Storage(db, create=False)
-                    st.get_study("k")
-                except StorageError:
-                    st = None
-            if st is not None and st.count_candidates("k")[CandidateState.COMPLETE] >= 2:
-                break
-            time.sleep(0.05)
-        assert launch.poll() is None, f"launch ended before it could be killed: {launch.stderr.read()}"  # type: ignore[union-attr]
-    finally:
-        launch.send_signal(signal.SIGKILL)
-        launch.wait()
-    assert st is not None
-    counts = st.count_candidates("k")
-    assert counts[CandidateState.COMPLETE] >= 2 and counts[CandidateState.WAITING] + counts[CandidateState.RUNNING] >= 1, counts
+    st = launch_and_kill(["--steps", "8", "--timestep-groups", "2", "--trials", "6", "--eval-samples", "4",
+                          "--heartbeat-timeout", "1"], db, "k", complete=2, timeout_s=120)
     killed_at = datetime.now(timezone.utc)
     interrupted = {c.id: (c.fidelity, c.lease_owner) for c in st.list_candidates("k", states=[CandidateState.RUNNING])}
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.workloads.class_models import build_class_unet
 from workloads.base import Workload, load_workload, workload_names
 from workloads.testing import TinyWorkload, WorkloadSuite
 
@@ -15,6 +16,7 @@ from workloads.testing import TinyWorkload, WorkloadSuite
 BUILDERS: dict[str, Callable[[Path], Workload]] = {
     "builtin": lambda _tmp: load_workload("builtin", num_steps=2),
     "diffusers": lambda tmp: load_workload(str(_tiny_sd(tmp)), num_steps=2),
+    "class-conditional": lambda tmp: load_workload(str(build_class_unet(tmp / "unet")), num_steps=2, null_class=4),
 }
 
 

@@ -22,18 +22,21 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 class ConvEncoder(nn.Module):
-    """(B, 1, 16, 16) in [-1, 1] -> (B, feat_dim) features (before any head)."""
+    """(B, in_channels, R, R) in [-1, 1] -> (B, feat_dim) features (before any head); R = 16 by default."""
 
-    def __init__(self, width: int = 32, feat_dim: int = 128) -> None:
+    def __init__(self, width: int = 32, feat_dim: int = 128, in_channels: int = 1, resolution: int = 16) -> None:
         super().__init__()
+        if width % 8:
+            raise ValueError(f"width {width} is not a multiple of 8: GroupNorm uses 8 groups, pick e.g. 32")
         w = width
         self.body = nn.Sequential(
-            nn.Conv2d(1, w, 3, padding=1), nn.GroupNorm(8, w), nn.GELU(),
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * w), nn.GELU(),  # 8x8
+            nn.Conv2d(in_channels, w, 3, padding=1), nn.GroupNorm(8, w), nn.GELU(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * w), nn.GELU(),  # R/2
             nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.GroupNorm(8, 2 * w), nn.GELU(),
-            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 4 * w), nn.GELU(),  # 4x4
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 4 * w), nn.GELU(),  # R/4
         )
-        self.fc = nn.Linear(4 * w * 16, feat_dim)
+        side = (resolution + 3) // 4  # two stride-2 convs with padding 1: ceil(ceil(R/2)/2) = ceil(R/4)
+        self.fc = nn.Linear(4 * w * side * side, feat_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(self.fc(self.body(x).flatten(1)))
@@ -70,14 +73,19 @@ def shift_augment(x: torch.Tensor, gen: torch.Generator, max_shift: int = 1) -> 
 
 def save_module(module: nn.Module, name: str, config: dict[str, Any], directory: Path = WEIGHTS_DIR) -> Path:
     """Write ``name.safetensors`` (fp16, contiguous) and ``name.json`` (config + metadata)."""
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in module.state_dict().items() if v.is_floating_point()}
     path = directory / f"{name}.safetensors"
-    save_file(state, str(path))
+    save_weights(module, path)
     (directory / f"{name}.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def save_weights(module: nn.Module, path: Path) -> None:
+    """Write the floating-point state of ``module`` to ``path`` as fp16 safetensors (contiguous)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in module.state_dict().items() if v.is_floating_point()}
+    save_file(state, str(path))
 
 
 def load_config(name: str, directory: Path = WEIGHTS_DIR) -> dict[str, Any]:
@@ -91,10 +99,15 @@ M = TypeVar("M", bound=nn.Module)
 
 
 def load_state(module: M, name: str, directory: Path = WEIGHTS_DIR) -> M:
+    """Load ``name.safetensors`` into ``module`` (see ``load_weights``)."""
+    return load_weights(module, directory / f"{name}.safetensors")
+
+
+def load_weights(module: M, path: Path) -> M:
     """Load fp16 safetensors into ``module`` (kept in float32), strictly: every tensor must match."""
     from safetensors.torch import load_file
 
-    state = {k: v.float() for k, v in load_file(str(directory / f"{name}.safetensors")).items()}
+    state = {k: v.float() for k, v in load_file(str(path)).items()}
     module.load_state_dict(state, strict=True)
     module.float().eval()
     return module
