@@ -186,16 +186,11 @@ def inspect(
         bitsearch inspect --model ./my-sd15-pipeline --resolution 96 --json > layers.json
     """
     from quant.layers import inventory, totals
-    from workloads.base import WORKLOADS, denoiser_inputs, is_plugin, load_workload
-    from workloads.denoisers import example_inputs, load_denoiser
+    from workloads.base import load_model
 
     try:
-        if model in WORKLOADS and model != "diffusers" or is_plugin(model):  # a workload: its own first call
-            workload = load_workload(model)
-            denoiser, inputs = workload.denoiser, denoiser_inputs(workload)
-        else:
-            denoiser = load_denoiser(model, device="meta")
-            inputs = example_inputs(denoiser, batch=batch, resolution=resolution)
+        found = load_model(model, weights=False, batch=batch, resolution=resolution)
+        denoiser, inputs = found.module, found.inputs
         layers = inventory(denoiser, inputs)
     except (ValueError, RuntimeError) as err:  # ModelLoadError, WorkloadError, unsupported model, failed forward
         _fail(err)
@@ -575,8 +570,9 @@ def pareto(
 
 @app.command()
 def targets(
-    model: Annotated[str, typer.Option("--model", help="'builtin' or a local diffusers pipeline directory: the "
-                                       "formats are measured on its denoiser.")] = "builtin",
+    model: Annotated[str, typer.Option("--model", help="What `inspect --model` takes: a workload ('builtin', a "
+                                       "plugin), a pipeline or model directory, or a built-in config (sd15-unet, ...: "
+                                       "random weights); the formats are measured on its denoiser.")] = "builtin",
     bits: Annotated[str, typer.Option("--bits", help="Bit pairs to measure, comma-separated.")] =
     "W8A8,W6A8,W4A8,W8A16,W4A16",
     backend: Annotated[str, typer.Option("--backend", help="The target's kernels.")] = "int8",
@@ -591,6 +587,8 @@ def targets(
     Example:
 
         bitsearch targets --model builtin --threads 1
+
+        bitsearch targets --model sd15-unet --bits W8A8,W8A16   # an SD1.5-size UNet, random weights
     """
     from rich.console import Console
     from rich.table import Table
@@ -600,15 +598,21 @@ def targets(
     from quant.errors import BitsearchError
     from quant.targets import describe, formats, measure_tables
     from search.executors import pin_threads
-    from workloads.base import denoiser_inputs, load_workload
+    from workloads.base import load_model
 
     pin_threads(threads)
     try:
         pairs = [Bits.parse(b) for b in bits.split(",") if b.strip()]
-        workload = load_workload(model, num_steps=4)
-        ranges = calibrate_activations(workload.denoiser, TimestepGroups(4),
-                                       workload.calibration_run(workload.batch(2, "calibration")))
-        tables = measure_tables(workload.denoiser, denoiser_inputs(workload), pairs, backend, ranges)
+        found = load_model(model, weights=True, num_steps=4)
+        denoiser, inputs, workload = found.module, found.inputs, found.workload
+        if workload is not None:  # ranges from its sampler's own calls
+            run = workload.calibration_run(workload.batch(2, "calibration"))
+        else:  # no sampler: its example inputs, the ranges of random weights (their kernels' speed is the same)
+            def run(set_step: Callable[[int], None]) -> None:
+                set_step(0)
+                denoiser(**inputs)
+        ranges = calibrate_activations(denoiser, TimestepGroups(workload.num_steps if workload else 1), run)
+        tables = measure_tables(denoiser, inputs, pairs, backend, ranges)
         rows = describe(tables, formats(backend, pairs))
     except (BitsearchError, ValueError) as e:
         _fail(e)
@@ -1070,11 +1074,11 @@ def convert(
     params: dict[str, int] | None = None
     if model is not None:
         from quant.layers import inventory
-        from workloads.denoisers import example_inputs, load_denoiser
+        from workloads.base import load_model
 
         try:
-            denoiser = load_denoiser(model, device="meta")
-            params = {x.fqn: x.params for x in inventory(denoiser, example_inputs(denoiser))}
+            found = load_model(model, weights=False)
+            params = {x.fqn: x.params for x in inventory(found.module, found.inputs)}
         except (ValueError, RuntimeError) as err:
             _fail(err)
     options: dict[str, Any] = {}

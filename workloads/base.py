@@ -210,6 +210,41 @@ def load_workload(name_or_path: str, **options: Any) -> Workload:
 DIRECTORY_WORKLOADS = ("diffusers", "class-conditional")
 
 
+@dataclass
+class Denoiser:
+    """A denoiser and the keyword inputs of one of its calls; `workload` when a workload runs it."""
+
+    module: nn.Module
+    inputs: dict[str, object]
+    workload: Workload | None = None
+
+
+def load_model(model: str, *, weights: bool, batch: int = 1, resolution: int | None = None,
+               **options: Any) -> Denoiser:
+    """What `--model` names, for the commands that need a denoiser but no study (inspect, convert,
+    targets); the one vocabulary of every `--model`:
+    - a workload (`builtin`, a plugin): its denoiser, on the inputs of its sampler's first call;
+    - with `weights`, a pipeline or model directory a workload runs (`load_workload`): the same;
+    - otherwise a pipeline directory, a model directory or a built-in config name (`sd15-unet`, ...):
+      the denoiser built from its config (`workloads.denoisers.load_denoiser`) with example inputs of
+      `batch` and `resolution`: on the meta device without `weights` (shapes only, seconds even for
+      SDXL), with its weights, or seeded random ones for a built-in config (to time kernels).
+    `options` go to the workload, where one runs the model."""
+    from workloads.denoisers import example_inputs, load_denoiser
+
+    if is_plugin(model) or model in WORKLOADS and model not in DIRECTORY_WORKLOADS:
+        workload = load_workload(model, **options)
+        return Denoiser(workload.denoiser, denoiser_inputs(workload), workload)
+    if weights and Path(model).is_dir():
+        try:  # the sampler's own inputs (its batch, guidance, conditioning) where a workload runs it
+            workload = load_workload(model, **options)
+            return Denoiser(workload.denoiser, denoiser_inputs(workload), workload)
+        except WorkloadError:  # e.g. a text-to-image UNet saved alone: no workload samples it
+            pass
+    module = load_denoiser(model, device="cpu" if weights else "meta")
+    return Denoiser(module, example_inputs(module, batch=batch, resolution=resolution))
+
+
 def _resolve(name_or_path: str) -> tuple[str, tuple[str, ...]]:
     """The registered workload `name_or_path` names, and its positional arguments (nothing is loaded but
     a plugin's module, which registers it under `name_or_path`)."""
@@ -225,6 +260,12 @@ def _resolve(name_or_path: str) -> tuple[str, tuple[str, ...]]:
         # a bare model directory (config.json, no pipeline around it) is sampled by our own loop
         bare = (path / "config.json").is_file() and not (path / "model_index.json").is_file()
         return DIRECTORY_WORKLOADS[1 if bare else 0], (name_or_path,)
+    from workloads.denoisers import builtin_names
+
+    if name_or_path in builtin_names():
+        raise WorkloadError(f"{name_or_path} is a built-in architecture (a config, no trained weights): `bitsearch "
+                            "inspect`, `targets` and `convert` take it; a study needs a trained model: 'builtin', a "
+                            "pipeline or model directory, or a plugin workload")
     raise UnknownNameError(
         f"{name_or_path}: neither a workload name ({', '.join(workload_names())}) nor an existing path; "
         "expected a name, a local diffusers pipeline directory (with model_index.json), a class-conditional "

@@ -49,14 +49,15 @@ def load_denoiser(path_or_name: str, device: str = "cpu") -> nn.Module:
     - pipeline directory (has model_index.json): its `unet/` or `transformer/` subfolder;
     - model directory (has config.json): loaded with its safetensors weights, or built on the meta
       device when the directory holds no weights;
-    - built-in name (see `builtin_names()`): always built on the meta device.
+    - built-in name (see `builtin_names()`): an architecture with no weights: built on the meta device,
+      or with seeded random weights on any other `device` (to time its kernels, never to sample).
 
     `device="meta"` skips the weights of any model (fast, for inspection only).
     Raises ModelLoadError with a one-line message on anything else.
     """
     if path_or_name in builtin_names() and not Path(path_or_name).exists():
         config = _read_json(BUILTIN_CONFIGS / f"{path_or_name}.json")
-        return _checked(_build_on_meta(config, path_or_name), path_or_name)
+        return _checked(_build(config, path_or_name, device), path_or_name)
 
     path = Path(path_or_name)
     expected = (
@@ -87,7 +88,7 @@ def _load_model_dir(directory: Path, device: str) -> nn.Module:
     config = _read_json(directory / "config.json")
     variant = None if device == "meta" else _weights_variant(directory)
     if variant is None:
-        return _build_on_meta(config, str(directory))
+        return _build(config, str(directory), "meta")
     cls = _model_class(config, str(directory))
     try:
         model = cls.from_pretrained(
@@ -115,12 +116,14 @@ def _weights_variant(directory: Path) -> str | None:
     return None
 
 
-def _build_on_meta(config: dict[str, Any], source: str) -> nn.Module:
+def _build(config: dict[str, Any], source: str, device: str) -> nn.Module:
+    """The model of `config`: on the meta device (no memory), or initialised with seed 0 elsewhere."""
     import torch
 
     cls = _model_class(config, source)
     try:
-        with torch.device("meta"):
+        with torch.random.fork_rng(devices=[]), torch.device(device):
+            torch.manual_seed(0)
             model = cls.from_config(config)
     except Exception as err:  # a config the class rejects; report one line
         raise ModelLoadError(

@@ -415,9 +415,9 @@ def _model_error(model: str, roots: Sequence[Path]) -> tuple[int, str] | None:
     installed workload (the `bitsearch.workloads` entry points: code the server's owner installed), or
     an existing directory under a configured root. A plugin given as module:Class or file.py:Class is
     code named by the request: refused. Paths stored in the database are checked again with this."""
-    from workloads.base import WORKLOADS, is_plugin
+    from workloads.base import DIRECTORY_WORKLOADS, WORKLOADS, is_plugin
 
-    if model == BUILTIN_MODEL or (model in WORKLOADS and model != "diffusers" and not is_plugin(model)):
+    if model == BUILTIN_MODEL or (model in WORKLOADS and model not in DIRECTORY_WORKLOADS and not is_plugin(model)):
         return None
     if is_plugin(model):
         return 403, (f"model {model!r} refused: the API runs no code named by a request; install the workload "
