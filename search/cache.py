@@ -92,7 +92,7 @@ class StudyCache:
             stored = [Scores.from_table(self.storage.get_scores(self.name, name, m) or {}) for m in metrics]
             if not stored:  # one estimate may hold several metrics' sets (decoupled: quality and alignment)
                 progress(f"sensitivity: {name} over {len(layers)} layers x {self.spec.timestep_groups} groups")
-                estimator = get_estimator(name, seed=self.spec.seed)
+                estimator = get_estimator(name, seed=self.spec.seed, **self.spec.estimator_kwargs(name))
                 stored = [estimator.estimate(self._workload(), layers, list(self.spec.bits), self.spec.groups)]
                 for scores in stored:
                     self.storage.put_scores(self.name, **scores.to_table())

@@ -6,12 +6,13 @@ commands that only talk to the database) start fast.
 
 from __future__ import annotations
 
+import inspect as pyinspect  # `inspect` is a command here
 import json
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
@@ -312,6 +313,72 @@ def _spec_option(field: str, flag: str, note: str = "") -> Any:  # noqa: ANN401 
     return typer.Option(flag, help=f"{text}{note}", min=low, max=high, show_default=shown)
 
 
+def _items(text: str | None) -> tuple[str, ...] | None:
+    """A comma-separated option as a tuple (None: not given)."""
+    return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+# Named `launch` options for the diffusers workload's common knobs: sugar for `--workload-option KEY=VALUE`
+# (stored as workload options, one definition), so any workload that takes the key takes the flag, and
+# one that does not says so in one line. flag -> (workload option key, help).
+WORKLOAD_FLAGS: dict[str, tuple[str, str]] = {
+    "resolution": ("resolution", "Image height = width in pixels (diffusers; default: the pipeline's sample "
+                   "size). Same as --workload-option resolution=N."),
+    "guidance": ("guidance_scale", "Classifier-free guidance scale (default: the workload's). Same as "
+                 "--workload-option guidance_scale=X."),
+    "prompts": ("prompts", "Text file with one prompt per line (diffusers; default: its built-in prompts). "
+                "Same as --workload-option prompts=FILE."),
+    "scheduler": ("scheduler", "Diffusers scheduler class to sample with, built from the saved one's config, "
+                  "e.g. DDIMScheduler. Same as --workload-option scheduler=NAME."),
+    "dtype": ("torch_dtype", "Torch dtype of the pipeline, e.g. float32 (default) or bfloat16 (half the float "
+              "model's memory); the int8 backend's latency table times float32 only, so it refuses bfloat16 for "
+              "now. Same as --workload-option torch_dtype=NAME."),
+}
+
+
+def _workload_flag(flag: str) -> Any:  # noqa: ANN401  (typer.Option is typed Any)
+    return typer.Option(f"--{flag}", help=WORKLOAD_FLAGS[flag][1], min=1 if flag == "resolution" else None)
+
+
+def _workload_options(options: list[str], named: Mapping[str, object | None]) -> tuple[str, ...]:
+    """`--workload-option` items plus the named workload flags given, as key=value items; a key given
+    both ways is a usage error. A prompt file is made absolute (resume and workers run elsewhere)."""
+    from pathlib import Path
+
+    out = list(options)
+    keys = {o.partition("=")[0] for o in options}
+    for flag, value in named.items():
+        if value is None:
+            continue
+        key = WORKLOAD_FLAGS[flag][0]
+        if key in keys:
+            _fail(f"--{flag} and --workload-option {key}=... both set {key}; give one")
+        if flag == "prompts":
+            if not Path(str(value)).is_file():
+                _fail(f"--prompts {value}: no such file; give a text file with one prompt per line")
+            value = str(Path(str(value)).resolve())
+        out.append(f"{key}={_option_text(value)}")
+    return tuple(out)
+
+
+def _option_text(value: object) -> str:
+    """A key=value item's value: text as it is unless JSON would read it as something else ("true",
+    "2"), then JSON, so `StudySpec.workload_kwargs` gives back exactly `value`."""
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return json.dumps(value)
+
+
+MemoryLimitOption = Annotated[str | None, typer.Option(
+    "--memory-limit", help="Refuse a study whose predicted peak resident memory exceeds this, e.g. 12GB (default "
+    "for plan and --dry-run: the machine's available memory, MemAvailable).")]
+EstimatorOptionOption = Annotated[list[str] | None, _spec_option("estimator_options", "--estimator-option",
+                                                                 " Repeatable.")]
+
+
 @app.command()
 def launch(
     name: Annotated[str, typer.Option("--name", help="Unique study name.")],
@@ -332,6 +399,15 @@ def launch(
     backend: Annotated[str | None, _spec_option("backend", "--backend")] = None,
     workload_option: Annotated[list[str] | None, _spec_option("workload_options", "--workload-option",
                                                               " Repeatable.")] = None,
+    resolution: Annotated[int | None, _workload_flag("resolution")] = None,
+    guidance: Annotated[float | None, _workload_flag("guidance")] = None,
+    prompts: Annotated[str | None, _workload_flag("prompts")] = None,
+    scheduler: Annotated[str | None, _workload_flag("scheduler")] = None,
+    dtype: Annotated[str | None, _workload_flag("dtype")] = None,
+    estimator_option: EstimatorOptionOption = None,
+    memory_limit: MemoryLimitOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (as `bitsearch plan`) and stop: "
+                                          "nothing is written.")] = False,
     db: DbOption = None,
     executor: ExecutorOption = None,
     workers: WorkersOption = 1,
@@ -342,6 +418,9 @@ def launch(
 ) -> None:
     """Launch a budget-constrained search and run it to the end (resumable with `bitsearch resume`).
 
+    With --memory-limit the plan (see `bitsearch plan`) runs first and a study that will not fit is
+    refused; --dry-run prints the plan and stops.
+
     Example:
 
         bitsearch launch --name demo --model builtin --budget wbits=4.5 --timestep-groups 3 --trials 8
@@ -349,25 +428,99 @@ def launch(
         bitsearch launch --name demo2 --workers 2 --threads-per-worker 1   # two Ray workers
 
         bitsearch launch --name tuned --solver optuna --trials 24   # then: optuna-dashboard sqlite:///bitsearch.db
+
+        bitsearch launch --name big --model ./sd15 --resolution 256 --dtype bfloat16 --dry-run
     """
     from quant.errors import BitsearchError
     from search.study import Study
 
-    def items(text: str | None) -> tuple[str, ...] | None:
-        return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
-
-    given: dict[str, Any] = {"model": model, "budget": None if budget is None else tuple(budget), "estimators": items(estimators),
+    named = {"resolution": resolution, "guidance": guidance, "prompts": prompts, "scheduler": scheduler,
+             "dtype": dtype}
+    options = _workload_options(workload_option or [], named)
+    given: dict[str, Any] = {"model": model, "budget": None if budget is None else tuple(budget),
+             "estimators": _items(estimators),
              "solver": solver, "timestep_groups": timestep_groups, "num_steps": steps, "trials": trials,
-             "patience": patience, "bits": items(bits), "baselines": items(baselines), "eval_samples": eval_samples,
+             "patience": patience, "bits": _items(bits), "baselines": _items(baselines), "eval_samples": eval_samples,
              "full_samples": full_samples, "calibration_samples": calibration_samples, "seed": seed,
-             "backend": backend, "workload_options": None if workload_option is None else tuple(workload_option)}
+             "backend": backend, "workload_options": options or None,
+             "estimator_options": None if estimator_option is None else tuple(estimator_option)}
     try:  # options not given take the spec's defaults
         spec = StudySpec(**{k: v for k, v in given.items() if v is not None})
         runner = _executor(executor, workers, threads_per_worker, ray_address, heartbeat_timeout)
+        if dry_run or memory_limit is not None:
+            _plan(spec, memory_limit, threads_per_worker)
+            if dry_run:
+                return
         study = Study.create(name, spec, db)
     except (BitsearchError, ValueError) as e:  # ValueError: solvers' own option checks (not ours yet)
         _fail(e)
     _run(study, runner, threads_per_worker, max_seconds)
+
+
+def _plan(spec: StudySpec, memory_limit: str | None, threads: int) -> None:
+    """Measure and print `spec`'s plan; refuse (one line naming the stage) one that will not fit."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from search.executors import pin_threads
+    from search.plan import available_memory, check_fits, measure_plan, parse_bytes, predict
+
+    limit = available_memory() if memory_limit is None else parse_bytes(memory_limit)  # bad input fails first
+    pin_threads(threads)  # measured at the thread count the study will run with
+    _progress("plan: loading the model, timing one denoiser call, one calibration call, one applied config "
+              "and one estimator step")
+    plan = predict(spec, measure_plan(spec))
+    import gc
+
+    gc.collect()  # the plan's model (pipelines hold reference cycles) goes before a study loads its own
+    table = Table("stage", "time", "peak resident", "how predicted", title_justify="left",
+                  title=f"plan: {spec.model}, {spec.num_steps} steps, {spec.timestep_groups} groups, "
+                        f"{','.join(spec.estimators)}")
+    for stage in plan.stages:
+        table.add_row(stage.name, _duration(stage.seconds), _size(stage.peak_bytes), stage.how)
+    console = Console()
+    console.print(table)
+    m = plan.measured
+    typer.echo(f"total: about {_duration(plan.total_seconds)} of CPU time ({threads} thread(s)); peak "
+               f"{_size(plan.peak.peak_bytes)} in {plan.peak.name}; memory limit {_size(limit)}"
+               f"{' (available now)' if memory_limit is None else ''}. Measured: one denoiser call "
+               f"{m.call.seconds[0] * 1e3:.3g} ms at batch 1, the process with the model loaded {_size(m.loaded_bytes)}.")
+    check_fits(plan, limit)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3g} s" if seconds < 120 else f"{seconds / 60:.3g} min" if seconds < 7200 else \
+        f"{seconds / 3600:.3g} h"
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 1e6:.4g} MB" if nbytes < 1e9 else f"{nbytes / 1e9:.4g} GB"
+
+
+def plan(**options: Any) -> None:  # noqa: ANN401  (typer passes launch's options by name)
+    """Predict a study's time and peak memory per stage before running it, and refuse one that will not fit.
+
+    Takes launch's options (what is searched, and the threads it runs with). Loads the model and measures
+    one denoiser call (after a warm-up), one calibration call, one applied config and one estimator step
+    (1 image, 1 step), then prints each stage (calibration, sensitivity, latency table, each evaluation,
+    all evaluations) with its predicted CPU time and peak resident memory. A study whose predicted peak
+    exceeds --memory-limit (default: the machine's available memory) is refused, in one line naming the
+    stage. The model of each stage is written in search/plan.py. `launch --dry-run` prints the same.
+
+    Example:
+
+        bitsearch plan --model ./sd15 --resolution 256 --steps 10 --estimators kurtosis --memory-limit 12GB
+    """
+    launch(name="plan", dry_run=True, **options)
+
+
+# plan takes launch's options but the name, --dry-run and how evaluations are executed: typer reads them
+# from this signature (one definition of each option, launch's)
+_NOT_PLANNED = {"name", "dry_run", "db", "executor", "workers", "ray_address", "heartbeat_timeout", "max_seconds"}
+_LAUNCH = pyinspect.signature(launch, eval_str=True)
+plan.__signature__ = _LAUNCH.replace(  # type: ignore[attr-defined]
+    parameters=[p for p in _LAUNCH.parameters.values() if p.name not in _NOT_PLANNED])
+app.command("plan")(plan)
 
 
 @app.command()
@@ -380,20 +533,38 @@ def resume(
     ray_address: RayAddressOption = None,
     heartbeat_timeout: HeartbeatOption = 60.0,
     max_seconds: MaxSecondsOption = None,
+    estimators: Annotated[str | None, typer.Option("--estimators", help="Switch the study's sensitivity "
+                                                   "estimators (comma-separated) without recalibrating: the new "
+                                                   "ones are scored, the spec stored updated.")] = None,
+    estimator_option: EstimatorOptionOption = None,
 ) -> None:
     """Finish a study that was interrupted: expired leases go back to the queue, nothing runs twice.
 
     A candidate that was being evaluated when the coordinator died is retried once its lease expires
     (--heartbeat-timeout seconds after the last heartbeat). Executor options may differ from launch.
+    --estimators and --estimator-option change the study's estimators: the inventory, activation ranges
+    and target tables already stored are reused, and the solver proposes again from the new scores.
 
     Example:
 
         bitsearch resume demo
 
         bitsearch resume demo --workers 2 --heartbeat-timeout 10
+
+        bitsearch resume demo --estimators kurtosis --estimator-option n_images=2
     """
     runner = _executor(executor, workers, threads_per_worker, ray_address, heartbeat_timeout)
-    _run(_load(name, db), runner, threads_per_worker, max_seconds)
+    study = _load(name, db)
+    if estimators is not None or estimator_option is not None:
+        before = study.spec.estimators
+        kept = study.change_estimators(before if estimators is None else _items(estimators) or (),
+                                       None if estimator_option is None else tuple(estimator_option))
+        _progress(f"estimators: {','.join(before)} -> {','.join(study.spec.estimators)} (options: "
+                  f"{' '.join(study.spec.estimator_options) or 'defaults'}); inventory, calibration and target "
+                  "tables reused")
+        if kept and estimator_option is not None:
+            _progress(f"scores already stored for {', '.join(kept)} are kept (computed with the options of then)")
+    _run(study, runner, threads_per_worker, max_seconds)
 
 
 @app.command("list")
@@ -1037,7 +1208,7 @@ def convert(
         "(W{x}A16, what MixDQ's released code runs; the default) or w16a16.")] = None,
     model: Annotated[str | None, typer.Option(
         "--model", "-m", help="Check names against this model's layers and weight the mean bits by their "
-        "parameters (built-in name or local directory, built on the meta device).")] = None,
+        "parameters: what `inspect --model` takes (directories and built-in configs built on the meta device).")] = None,
     num_steps: Annotated[int | None, typer.Option("--num-steps", min=1, help="Sampler steps for formats without "
                                                   "any (mixdq: default 1; step-policy: rebuild its spans).")] = None,
     to_fmt: Annotated[str | None, typer.Option("--to", help="Also write this format (see `export --format`).")] = None,

@@ -2,7 +2,8 @@
 
 Every candidate gets the `cheap` one: `eval_samples` images, fidelity to full precision on the same
 seeds (PSNR, SSIM, per-step SQNR). Candidates that may enter a front (`search.front.promotable`) get
-the `full` one: alignment and distribution metrics on `full_samples` other images.
+the `full` one: alignment and distribution metrics on `full_samples` other images (none for a workload
+whose `full_metric_families()` is empty: the study skips it, see `Study.promote`).
 
 `StudyEvaluator` is what an executor runs: picklable (a Ray actor receives the study's name, spec and
 storage), it loads the workload, the stored activation ranges and the full-precision reference once,

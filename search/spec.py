@@ -55,6 +55,46 @@ def check_registered(registry: Registry[T], names: Sequence[str]) -> None:
         registry.lookup(name)
 
 
+# the key=value options and an example of each, for the message of a malformed one
+KEY_VALUE_EXAMPLES = {"workload_options": "guidance_scale=2.0", "estimator_options": "n_images=2"}
+# estimator options the study sets itself, from its own fields
+STUDY_SET_ESTIMATOR_OPTIONS = ("seed",)
+
+
+def parse_options(items: Sequence[str]) -> dict[str, object]:
+    """key=value items as keyword arguments: a value that parses as JSON is read as JSON (2.0, true,
+    [1, 2]), anything else as text."""
+    out: dict[str, object] = {}
+    for text in items:
+        key, _, value = text.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def estimator_params(name: str) -> list[str] | None:
+    """The options estimator `name` takes from a user (None: any, it takes **kwargs)."""
+    from sensitivity.base import ESTIMATORS  # lazily: torch
+
+    params = ESTIMATORS.params(name)
+    return None if params is None else [p for p in params if p not in STUDY_SET_ESTIMATOR_OPTIONS]
+
+
+def check_estimator_options(estimators: Sequence[str], options: Sequence[str]) -> None:
+    """Each key of `options` is taken by at least one of `estimators` (each is passed to those that take
+    it), else one line naming the keys they take."""
+    taken = [estimator_params(e) for e in estimators]
+    if any(p is None for p in taken):
+        return
+    valid = sorted({k for p in taken for k in p or ()})
+    for key in parse_options(options):
+        if key not in valid:
+            raise ConfigError(f"estimator option {key!r} is taken by none of the estimators {', '.join(estimators)}; "
+                              f"valid keys: {', '.join(valid) or 'none'}")
+
+
 def check_option(name: str, value: object) -> None:
     """The rules of one StudySpec option on its own (the API reports a break as that field's error)."""
     items = (value,) if isinstance(value, str) else value if isinstance(value, tuple | list) else ()
@@ -68,11 +108,12 @@ def check_option(name: str, value: object) -> None:
     elif name == "bits":
         if not [Bits.parse(b) for b in items]:
             raise ConfigError("give at least one bit-width, e.g. W8A8")
-    elif name == "workload_options":
+    elif name in KEY_VALUE_EXAMPLES:
         for text in items:
             key, sep, _ = str(text).partition("=")
             if not sep or not key.isidentifier():
-                raise ConfigError(f"workload option {text!r}: write key=value, e.g. guidance_scale=2.0")
+                raise ConfigError(f"{name.replace('_', ' ')[:-1]} {text!r}: write key=value, "
+                                  f"e.g. {KEY_VALUE_EXAMPLES[name]}")
     elif name == "baselines":
         from search.baselines import check_baseline
 
@@ -118,6 +159,9 @@ class StudySpec:
                            "front (0: never).", low=0, high=10_000)
     workload_options: tuple[str, ...] = option((), "The workload's own options as key=value (a value that parses "
                                                "as JSON is read as JSON: 2.0, true, [1, 2]); stored with the study.")
+    estimator_options: tuple[str, ...] = option((), "Estimator options as key=value, e.g. n_images=2 or probes=1 "
+                                                "(JSON values as for workload options); each goes to every chosen "
+                                                "estimator that takes it.")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -132,18 +176,17 @@ class StudySpec:
             object.__setattr__(self, "model", f"{Path(module).resolve()}:{cls}")
         if self.timestep_groups > self.num_steps:
             raise ConfigError(f"timestep_groups must be between 1 and num_steps ({self.num_steps})")
+        check_estimator_options(self.estimators, self.estimator_options)
 
     @property
     def workload_kwargs(self) -> dict[str, object]:
         """`workload_options` as keyword arguments (JSON values where they parse, else text)."""
-        out: dict[str, object] = {}
-        for text in self.workload_options:
-            key, _, value = text.partition("=")
-            try:
-                out[key] = json.loads(value)
-            except json.JSONDecodeError:
-                out[key] = value
-        return out
+        return parse_options(self.workload_options)
+
+    def estimator_kwargs(self, name: str) -> dict[str, object]:
+        """The `estimator_options` that estimator `name` takes, as keyword arguments."""
+        params = estimator_params(name)
+        return {k: v for k, v in parse_options(self.estimator_options).items() if params is None or k in params}
 
     def load_workload(self) -> Workload:
         """The study's workload: its model with `num_steps` and `workload_options`."""

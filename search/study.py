@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+from quant.config import ConfigError
 from quant.layers import Layer
 from quant.scores import Scores
 from search.cache import StudyCache
@@ -60,6 +61,7 @@ class Study:
         check_samples(spec.model, eval_samples=spec.eval_samples, full_samples=spec.full_samples,
                       calibration_samples=spec.calibration_samples)
         workload = spec.load_workload()
+        check_float32(workload, spec.backend)
         layers = inventory(workload.denoiser, denoiser_inputs(workload))
         check_budget(spec, layers)
         study = cls(name, spec, Storage(db), workload)
@@ -73,6 +75,22 @@ class Study:
         created). `readonly` for callers that only read: the database then cannot be altered."""
         storage = Storage(db, create=False, readonly=readonly)
         return cls(name, StudySpec.from_dict(storage.get_study(name).spec), storage)
+
+    def change_estimators(self, estimators: Sequence[str], options: Sequence[str] | None = None) -> list[str]:
+        """Switch the study to `estimators` (and `options`; None keeps the stored ones), validated as a new
+        spec and stored with the study. Nothing is recalibrated: the inventory, activation ranges and
+        target tables in the cache serve any estimator, and `run` scores with those not yet scored.
+        Returns the estimators whose stored scores are kept as they are (their options may differ)."""
+        from dataclasses import replace
+
+        spec = replace(self.spec, estimators=tuple(estimators),
+                       estimator_options=self.spec.estimator_options if options is None else tuple(options))
+        self.storage.set_study_spec(self.name, spec.to_dict())
+        self.spec = spec
+        self.cache = StudyCache(self.name, spec, self.storage, lambda: self.workload)
+        self._evaluator = None  # it holds the old spec
+        scored = {s["estimator"] for s in self.storage.list_score_sets(self.name)}
+        return [e for e in spec.estimators if e in scored]
 
     @property
     def workload(self) -> Workload:
@@ -178,12 +196,18 @@ class Study:
     def promote(self, progress: Progress = print, dry_run: bool = False) -> int:
         """Queue the `full` evaluation of every cheaply evaluated candidate that may enter a front;
         returns how many (`dry_run`: only counts)."""
+        families = self.workload.full_metric_families()
+        if not families:  # a full evaluation would generate images and store no metric
+            if not dry_run:
+                progress(f"full evaluation skipped: workload {self.spec.model} reports no alignment or distribution "
+                         "metrics (the cheap evaluation's fidelity metrics are all it measures)")
+            return 0
         cheap = {c.id for c in self.storage.list_candidates(self.name, states=[CandidateState.COMPLETE])
                  if c.fidelity == CHEAP}
         todo = [cid for cid in promotable(self.front_points()) if cid in cheap]
         if todo and not dry_run:
             progress(f"multi-fidelity: {len(todo)} candidate(s) that may enter the front get the full evaluation "
-                     f"({self.spec.full_samples} images: alignment and distribution metrics)")
+                     f"({self.spec.full_samples} images: {' and '.join(sorted(families))} metrics)")
             for cid in todo:
                 self.storage.promote(cid, FULL)
         return len(todo)
@@ -217,6 +241,17 @@ class Study:
 
     def pareto(self, objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> list[FrontPoint]:
         return pareto(self.front_points(), objectives)
+
+
+def check_float32(workload: Workload, backend: str) -> None:
+    """A backend that measures (not simulates) times the model in float32 for its latency table: refuse
+    another dtype before any stage runs, not at the table after calibration and sensitivity."""
+    from quant.backends.base import get_backend
+
+    dtypes = {str(p.dtype).removeprefix("torch.") for p in workload.denoiser.parameters() if p.is_floating_point()}
+    if dtypes - {"float32"} and not get_backend(backend).simulates:
+        raise ConfigError(f"the {backend} backend's latency table times the denoiser in float32 but it holds "
+                          f"{', '.join(sorted(dtypes))}; load it in float32 (drop --dtype / torch_dtype)")
 
 
 def seconds_left(deadline: float | None) -> float | None:

@@ -1,0 +1,342 @@
+"""A study's plan: its predicted time and peak memory per stage, from a few measurements, before it runs.
+
+`measure_plan(spec)` loads the workload and measures, on this machine:
+- the process's resident bytes with the model loaded (what every stage starts from);
+- one denoiser call at batch 1 and at batch 2 (process CPU seconds of 1 call after a warm-up, the
+  median of up to 5 where calls are fast, and the
+  peak rise of resident memory during the call, warm-up included: the allocator reuses what the warm-up
+  freed), so a call at batch b costs t1 + (t2 - t1)(b - 1) seconds and a1 + (a2 - a1)(b - 1) bytes
+  (time and activations are affine in the batch); the sampler's own batching (classifier-free
+  guidance) is inside the call, as the workload makes it;
+- one calibration call (the same call with the range observers hooked: their overhead), one config
+  applied (its seconds, what it holds, one quantized call), one 1-step generation of 1 and of 2 images
+  (the sampler's work besides the denoiser: encoders, decoder);
+- one estimator step per estimator of the study: the estimator run for real on 1 image and 1 step
+  (1 timestep group), its CPU seconds and peak resident rise.
+
+`predict(spec, measured)` turns those into stages, each a (seconds, peak resident bytes) pair:
+- calibration: `calibration_samples` images in one batch, `num_steps` calls, observers hooked;
+- sensitivity, per estimator: the one-step time x steps x (a call at batch `n_images` over batch 1:
+  estimators run their images as one batch, per step; the decoupled one also per group, which this
+  does not count), peak: the one-step peak plus the activations of its extra images;
+- latency table, an upper bound: per bit pair and the float reference, an apply, one warm-up and 5
+  timed passes over the layers (about one call each; `quant.latency` times a layer shape or a kernel met
+  again only once, which this does not count), plus 2 x 22 whole calls (fp32 and a bf16 copy); peak:
+  the model, a bf16 copy (half), what an applied config holds and one call's activations;
+- each cheap / full evaluation: applying a config, then `eval_samples` (`full_samples`) images x
+  `num_steps` calls, the cheap one plus a batch-1 generation timed for latency; quantized calls priced
+  by one measured call with the study's first bit pair applied everywhere but never below a float call
+  (searched configs mix in slower weight-only and dequantizing kernels), the sampler's other work
+  by the 1-step generations; metrics are not counted; peak: the
+  model, what the applied config holds (measured) and one call's activations;
+- all evaluations: the full-precision reference, every baseline and trial cheaply, and at most as many
+  full evaluations (none where the workload has no alignment or distribution metric).
+
+Times are CPU seconds of the process (every thread counted): wall time on one thread. A plan is a model
+with stated assumptions, not a measurement: `bitsearch plan` prints it, `launch --dry-run` too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+from quant.config import ConfigError, TimestepGroups
+from search.spec import StudySpec
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from quant.calibrate import ActivationRanges
+    from sensitivity.base import Estimator
+    from workloads.base import Workload
+
+TABLE_REPEATS = 5  # quant.targets.measure_tables' default: 1 warm-up + 5 timed passes per bit pair
+WHOLE_CALLS = 2 * (4 * TABLE_REPEATS + 2)  # fp32 and bf16 whole calls of measure_tables (with warm-ups)
+TIMED_S = 1.0  # CPU seconds of repeated calls after which a call's time is taken as known
+
+
+@dataclass(frozen=True)
+class Call:
+    """One denoiser call: CPU seconds and peak resident rise (bytes) at batch 1 and batch 2."""
+
+    seconds: tuple[float, float]
+    peak: tuple[int, int]
+
+    def time_at(self, batch: int) -> float:
+        return affine(self.seconds, batch)
+
+    def bytes_at(self, batch: int) -> int:
+        return int(affine(self.peak, batch))
+
+
+def affine(at_1_and_2: tuple[float, float], batch: int) -> float:
+    """A cost measured at batch 1 and 2 at batch `batch`, never falling with the batch (noise)."""
+    one, two = at_1_and_2
+    return one + max(0.0, two - one) * (batch - 1)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What `measure_plan` measured (see the module docstring)."""
+
+    loaded_bytes: int  # resident bytes of the process with the model loaded
+    weight_bytes: int  # the denoiser's parameters and buffers
+    call: Call
+    calibration_overhead: float  # a calibration call's seconds over a plain call's
+    overhead_s: tuple[float, float]  # a generation's seconds besides its denoiser calls, at 1 and 2 images
+    apply_s: float  # seconds to apply one config (every evaluation applies its own)
+    quantized_ratio: float  # a quantized call's seconds over a float call's (the study's first bit pair)
+    applied_bytes: int  # the resident rise while one config is applied (codes, scales, kept copies)
+    estimator_step: Mapping[str, tuple[float, int]]  # per estimator: one image-step's seconds, peak rise
+    estimator_images: Mapping[str, int]
+    evaluations: int  # cheap evaluations: baselines and trials
+    full_metrics: bool  # whether the workload has alignment or distribution metrics
+    measures_latency: bool  # False on a simulating backend: no latency table
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    seconds: float
+    peak_bytes: int
+    how: str
+    lighter: str = ""  # what lowers its peak, for the refusal's message
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: StudySpec
+    measured: Measured
+    stages: tuple[Stage, ...]
+
+    @property
+    def total_seconds(self) -> float:
+        """Every stage run once, `all evaluations` standing for each evaluation row."""
+        return sum(s.seconds for s in self.stages if not s.name.startswith("each "))
+
+    @property
+    def peak(self) -> Stage:
+        return max(self.stages, key=lambda s: s.peak_bytes)
+
+
+def measure_plan(spec: StudySpec) -> Measured:
+    """Load `spec`'s workload and measure what `predict` needs (see the module docstring)."""
+    from quant.apply import quantized
+    from quant.backends.base import get_backend, storage_bytes
+    from quant.config import BitConfig
+    from quant.layers import inventory
+    from quant.resident import PeakResident, resident_bytes
+    from search.baselines import baseline_configs
+    from search.study import check_float32
+    from workloads.base import denoiser_inputs
+
+    workload = spec.load_workload()
+    check_float32(workload, spec.backend)
+    inputs = denoiser_inputs(workload)
+    layers = inventory(workload.denoiser, inputs)
+    loaded = resident_bytes()
+    denoiser = workload.denoiser
+    one, two = _batched(inputs, 1), _batched(inputs, 2)
+    at1, at2 = _time_call(partial(_forward, denoiser, one)), _time_call(partial(_forward, denoiser, two))
+    call = Call((at1[0], at2[0]), (at1[1], at2[1]))
+    calibration = _time_call(partial(_calibration_call, denoiser, one))[0]
+    ranges = _calibration_call(denoiser, one)
+    # one config applied (the study's first bit pair everywhere): what applying costs each evaluation, what
+    # it holds, and how fast a quantized call runs
+    with PeakResident() as held:
+        t0 = time.process_time()
+        with quantized(denoiser, BitConfig.uniform(1, spec.bits[0]), spec.backend, ranges) as qm:
+            qm.set_step(0)
+            apply_s = time.process_time() - t0
+            quantized_s = _time_call(partial(_forward, denoiser, one))[0]
+    steps: dict[str, tuple[float, int]] = {}
+    images: dict[str, int] = {}
+    with _one_step(workload):
+        generation = [_run(partial(workload.generate, workload.batch(n)))[0] - call.time_at(n) for n in (1, 2)]
+        for name in spec.estimators:
+            estimator, n = _estimator(spec, name)
+            steps[name] = _run(partial(estimator.estimate, workload, layers, list(spec.bits), 1))
+            images[name] = n
+    baselines = sum(len(baseline_configs([b], spec.bits, spec.groups, layers)) for b in spec.baselines)
+    return Measured(loaded, storage_bytes([*denoiser.parameters(), *denoiser.buffers()]), call,
+                    calibration / max(call.seconds[0], 1e-9), (max(0.0, generation[0]), max(0.0, generation[1])), apply_s,
+                    quantized_s / max(call.seconds[0], 1e-9), held.peak_increase_bytes, steps, images,
+                    baselines + spec.trials, bool(workload.full_metric_families()),
+                    not get_backend(spec.backend).simulates)
+
+
+def predict(spec: StudySpec, m: Measured) -> Plan:
+    """The stages of a study of `spec` from the measurements `m` (see the module docstring)."""
+    call, steps, base = m.call, spec.num_steps, m.loaded_bytes
+
+    def generation(images: int, quantized: bool) -> float:
+        """Seconds of one generation of `images` images: its denoiser calls and the rest of the sampler."""
+        # a searched config mixes formats (weight-only and dequantizing kernels run slower than uniform int8):
+        # its calls are priced no faster than float ones
+        ratio = max(1.0, m.quantized_ratio) if quantized else 1.0
+        return steps * call.time_at(images) * ratio + affine(m.overhead_s, images)
+
+    stages = [Stage("calibration", generation(spec.calibration_samples, False) * m.calibration_overhead,
+                    base + call.bytes_at(spec.calibration_samples),
+                    f"{spec.calibration_samples} images x {steps} calls, observers hooked",
+                    "fewer calibration_samples")]
+    for name, (seconds, peak) in m.estimator_step.items():
+        n = m.estimator_images[name]
+        # its images run as one batch: a step of n images costs what a call of batch n costs over batch 1
+        stages.append(Stage(f"sensitivity: {name}", seconds * steps * call.time_at(n) / max(call.time_at(1), 1e-9),
+                            base + peak + call.bytes_at(n) - call.bytes_at(1),
+                            f"1 image x 1 step measured; {n} images x {steps} steps",
+                            "a lighter estimator, or fewer images (estimator option n_images)"))
+    if m.measures_latency:
+        passes = (len(spec.bits) + 1) * (TABLE_REPEATS + 1) + WHOLE_CALLS
+        stages.append(Stage("latency table", passes * call.time_at(1) + (len(spec.bits) + 1) * m.apply_s,
+                            base + m.weight_bytes // 2 + m.applied_bytes + call.bytes_at(1),
+                            f"at most: {len(spec.bits) + 1} bit pairs applied x {TABLE_REPEATS + 1} passes + "
+                            f"{WHOLE_CALLS} calls (a shape or kernel met again is not timed again)",
+                            "a smaller model (the table applies it whole)"))
+    cheap = Stage("each cheap evaluation", m.apply_s + generation(spec.eval_samples, True) + generation(1, True),
+                  base + m.applied_bytes + call.bytes_at(spec.eval_samples),
+                  f"apply + {spec.eval_samples} images x {steps} calls + 1 image timed", "fewer eval_samples")
+    stages.append(cheap)
+    total = generation(spec.eval_samples, False) + m.evaluations * cheap.seconds  # + the float reference
+    peak, how = cheap.peak_bytes, f"the float reference + {m.evaluations} cheap"
+    if m.full_metrics:
+        full = Stage("each full evaluation", m.apply_s + generation(spec.full_samples, True),
+                     base + m.applied_bytes + call.bytes_at(spec.full_samples),
+                     f"apply + {spec.full_samples} images x {steps} calls", "fewer full_samples")
+        stages.append(full)
+        total, peak = total + m.evaluations * full.seconds, max(peak, full.peak_bytes)
+        how += f" + at most {m.evaluations} full"
+    else:
+        how += "; no full evaluation (the workload has no alignment or distribution metric)"
+    stages.append(Stage("all evaluations", total, peak, how, "fewer eval_samples or full_samples"))
+    return Plan(spec, m, tuple(stages))
+
+
+def check_fits(plan: Plan, limit_bytes: int) -> None:
+    """ConfigError naming the first stage whose predicted peak exceeds `limit_bytes`."""
+    for stage in plan.stages:
+        if stage.peak_bytes > limit_bytes:
+            raise ConfigError(f"the study will not fit: its {stage.name} stage is predicted to peak at "
+                              f"{stage.peak_bytes / 1e9:.3g} GB resident, above the memory limit of "
+                              f"{limit_bytes / 1e9:.3g} GB; try {stage.lighter or 'a smaller model'}")
+
+
+def available_memory() -> int:
+    """The machine's available memory now (MemAvailable of /proc/meminfo), in bytes."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    raise ConfigError("cannot read MemAvailable from /proc/meminfo; give --memory-limit, e.g. 16GB")
+
+
+def parse_bytes(text: str) -> int:
+    """`16GB`, `512MB`, `1.5GiB` or a number of bytes, as bytes (read as a memory budget is)."""
+    from quant.budget import Limit
+
+    try:
+        limit = Limit.parse(f"memory={text}")
+    except ConfigError:
+        limit = None
+    if limit is None or limit.relative:
+        raise ConfigError(f"memory limit {text!r}: write a size like 16GB, 512MB or 1.5GiB")
+    return int(limit.value)
+
+
+# ---- measuring ------------------------------------------------------------------------------------
+
+
+def _time_call(run: Callable[[], object]) -> tuple[float, int]:
+    """Median CPU seconds of `run` after one warm-up, and the peak resident rise over all the calls. A
+    fast call is repeated (up to 5 times, about TIMED_S in all) so that the noise of a shared machine
+    averages out; a slow one (a big model) is timed once."""
+    import statistics
+
+    from quant.resident import PeakResident
+
+    times: list[float] = []
+    with PeakResident() as peak:
+        run()
+        while len(times) < 5 and sum(times) < TIMED_S:
+            t0 = time.process_time()
+            run()
+            times.append(time.process_time() - t0)
+    return statistics.median(times), peak.peak_increase_bytes
+
+
+def _run(run: Callable[[], object]) -> tuple[float, int]:
+    """CPU seconds of one `run` and its peak resident rise."""
+    from quant.resident import PeakResident
+
+    with PeakResident() as peak:
+        t0 = time.process_time()
+        run()
+        seconds = time.process_time() - t0
+    return seconds, peak.peak_increase_bytes
+
+
+def _batched(inputs: Mapping[str, object], n: int) -> dict[str, object]:
+    """The denoiser's batch-1 inputs repeated to `n` images: every tensor with the sample's batch size
+    along dim 0 (timesteps, text embeddings, nested conditioning dicts alike)."""
+    import torch
+
+    first = next(v for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim() > 0)
+    size = first.shape[0]
+
+    def grow(value: object) -> object:
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == size:
+            return torch.cat([value] * n)
+        if isinstance(value, dict):
+            return {k: grow(v) for k, v in value.items()}
+        return value
+
+    return {k: grow(v) for k, v in inputs.items()}
+
+
+def _forward(denoiser: nn.Module, inputs: Mapping[str, object]) -> None:
+    """One denoiser call without autograd, as a sampler makes it."""
+    import torch
+
+    with torch.no_grad():
+        denoiser(**inputs)
+
+
+def _calibration_call(denoiser: nn.Module, inputs: Mapping[str, object]) -> ActivationRanges:
+    """One denoiser call with the calibration's range observers hooked; the ranges it saw."""
+    from quant.calibrate import calibrate_activations
+
+    def run(set_step: Callable[[int], None]) -> None:
+        set_step(0)
+        _forward(denoiser, inputs)
+
+    return calibrate_activations(denoiser, TimestepGroups.uniform(1, 1), run)
+
+
+def _estimator(spec: StudySpec, name: str) -> tuple[Estimator, int]:
+    """Estimator `name` with the study's options but on 1 image, and the images the study's one uses."""
+    from sensitivity.base import get_estimator
+
+    options = spec.estimator_kwargs(name)
+    images: int | None = getattr(get_estimator(name, seed=spec.seed, **options), "n_images", None)
+    one = options if images is None else {**options, "n_images": 1}
+    return get_estimator(name, seed=spec.seed, progress=False, **one), images or 1
+
+
+@contextmanager
+def _one_step(workload: Workload) -> Iterator[None]:
+    """The workload sampling 1 step inside the block (a Workload reads `num_steps` at each generate)."""
+    saved = workload.num_steps
+    workload.num_steps = 1
+    try:
+        yield
+    finally:
+        workload.num_steps = saved

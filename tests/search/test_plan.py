@@ -1,0 +1,126 @@
+"""`bitsearch plan` / `launch --dry-run`: a study's predicted time and peak memory per stage, measured on
+the built-in model, and the refusal of a study that will not fit."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from quant.budget import Budget
+from quant.config import ConfigError
+from search.cli import app
+from search.plan import Call, Measured, Plan, check_fits, measure_plan, parse_bytes, predict
+from search.spec import StudySpec
+
+SMALL = ["--steps", "8", "--timestep-groups", "2", "--estimators", "kurtosis", "--estimator-option", "n_images=1",
+         "--eval-samples", "2", "--calibration-samples", "4", "--full-samples", "2", "--trials", "2",
+         "--baselines", "W8A8", "--budget", "wbits=6"]
+SPEC = StudySpec(budget=Budget.parse("wbits=6"), num_steps=8, timestep_groups=2, estimators=("kurtosis",),
+                 estimator_options=("n_images=1",), eval_samples=2, calibration_samples=4, full_samples=2, trials=2,
+                 baselines=("W8A8",))
+STAGES = ("calibration", "sensitivity: kurtosis", "latency table", "each cheap evaluation", "each full evaluation",
+          "all evaluations")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():  # type: ignore[no-untyped-def]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)  # no thread count leaks into later tests
+
+
+def test_plan_prints_every_stage_and_dry_run_prints_the_same_writing_nothing(tmp_path: Path) -> None:
+    runner = CliRunner()
+    planned = runner.invoke(app, ["plan", *SMALL, "--memory-limit", "1000GB"])
+    assert planned.exit_code == 0, planned.output
+    db = tmp_path / "d.db"
+    dry = runner.invoke(app, ["launch", "--name", "d", "--db", str(db), "--dry-run", *SMALL])
+    assert dry.exit_code == 0, dry.output
+    for out in (planned.output, dry.output):
+        for stage in STAGES:
+            assert stage in out
+        assert "total: about" in out and "peak" in out
+    assert "memory limit 1000 GB" in planned.output and "(available now)" in dry.output
+    assert not db.exists()  # a dry run creates no study
+
+
+def test_a_study_over_the_memory_limit_is_refused_in_one_line_naming_the_stage(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    out = CliRunner().invoke(app, ["launch", "--name", "r", "--db", str(db), "--memory-limit", "1MB", *SMALL])
+    assert out.exit_code == 2
+    errors = [line for line in out.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "calibration stage" in errors[0] and "calibration_samples" in errors[0], out.output
+    assert not db.exists()  # refused before the study is created
+
+
+def test_a_memory_limit_that_is_not_a_size_is_refused() -> None:
+    assert parse_bytes("1.5GiB") == int(1.5 * 2**30) and parse_bytes("512MB") == 512_000_000
+    for bad in ("0.5x", "lots", "-1GB"):
+        with pytest.raises(ConfigError, match="write a size like 16GB"):
+            parse_bytes(bad)
+
+
+def _measured(**over: object) -> Measured:
+    values: dict[str, object] = dict(
+        loaded_bytes=1_000_000_000, weight_bytes=400_000_000, call=Call((1.0, 1.5), (100_000_000, 150_000_000)),
+        calibration_overhead=1.2, overhead_s=(0.25, 0.5), apply_s=3.0, quantized_ratio=1.5, applied_bytes=100_000_000,
+        estimator_step={"kurtosis": (4.0, 350_000_000)}, estimator_images={"kurtosis": 3}, evaluations=5,
+        full_metrics=True, measures_latency=True)
+    values.update(over)
+    return Measured(**values)  # type: ignore[arg-type]
+
+
+def test_stages_follow_the_documented_model() -> None:
+    plan = predict(SPEC, _measured())
+    by = {s.name: s for s in plan.stages}
+    assert tuple(by) == STAGES
+    # calibration: 8 steps x a call at batch 4 (1 + 0.5 x 3 = 2.5 s) + 4 images x 0.25 s, x 1.2 observers
+    assert by["calibration"].seconds == pytest.approx((8 * 2.5 + 4 * 0.25) * 1.2)
+    assert by["calibration"].peak_bytes == 1_000_000_000 + 250_000_000
+    # sensitivity: one step x 8 steps x (call at batch 3 / batch 1 = 2 / 1); peak + 2 images' activations
+    assert by["sensitivity: kurtosis"].seconds == pytest.approx(4.0 * 8 * 2.0)
+    assert by["sensitivity: kurtosis"].peak_bytes == 1_000_000_000 + 350_000_000 + 100_000_000
+    # latency table: 6 pairs x 6 passes + 44 whole calls, plus 6 applies
+    assert by["latency table"].seconds == pytest.approx(6 * 6 + 44 + 6 * 3.0)
+    # a cheap evaluation: apply + 2 images x 8 quantized calls (1.5x as long) + 1 image timed
+    cheap = 3.0 + (8 * 1.5 * 1.5 + 2 * 0.25) + (8 * 1.0 * 1.5 + 0.25)
+    assert by["each cheap evaluation"].seconds == pytest.approx(cheap)
+    reference = 8 * 1.5 + 2 * 0.25
+    full = 3.0 + 8 * 1.5 * 1.5 + 2 * 0.25
+    assert by["all evaluations"].seconds == pytest.approx(reference + 5 * cheap + 5 * full)
+    assert plan.total_seconds == pytest.approx(sum(by[s].seconds for s in STAGES if not s.startswith("each ")))
+    assert plan.peak.name == "sensitivity: kurtosis"
+    check_fits(plan, plan.peak.peak_bytes)  # at the limit fits
+    with pytest.raises(ConfigError, match="its sensitivity: kurtosis stage .* try a lighter estimator"):
+        check_fits(plan, plan.peak.peak_bytes - 1)
+
+
+def test_quantized_calls_are_priced_no_faster_than_float_ones() -> None:
+    fast, float_speed = (predict(SPEC, _measured(quantized_ratio=r)).stages for r in (0.5, 1.0))
+    assert [s.seconds for s in fast] == [s.seconds for s in float_speed]
+
+
+def test_no_full_evaluation_row_where_the_workload_has_no_full_metrics() -> None:
+    plan = predict(SPEC, _measured(full_metrics=False, measures_latency=False))
+    names = [s.name for s in plan.stages]
+    assert "each full evaluation" not in names and "latency table" not in names
+    assert "no full evaluation" in plan.stages[-1].how
+
+
+def test_calibration_prediction_is_within_a_factor_2_of_the_study(tmp_path: Path) -> None:
+    """Loose on purpose (a shared machine); the measured ratio is printed (pytest -s) and in the report."""
+    from search.study import Study
+
+    plan: Plan = predict(SPEC, measure_plan(SPEC))
+    predicted = next(s for s in plan.stages if s.name == "calibration")
+    study = Study.create("c", SPEC, str(tmp_path / "c.db"))
+    t0 = time.process_time()
+    study.cache.activation_ranges(lambda m: None)
+    took = time.process_time() - t0
+    print(f"calibration: predicted {predicted.seconds:.3f} s, took {took:.3f} s, ratio {took / predicted.seconds:.2f}")
+    assert 0.5 <= took / predicted.seconds <= 2.0
