@@ -5,7 +5,7 @@
   int8, prepacked once; activations are rounded per tensor onto their a-bit grid and fed as uint8
   with zero point 128 (oneDNN's fast input type). The kernel dequantizes into the input's dtype.
 - Linear W8A16: `aten._weight_int8pack_mm` (in_features a multiple of 16: other widths crash it);
-  Linear W4A16: `aten._weight_int4pack_mm_for_cpu` (in_features a multiple of 32) (weight-only
+  Linear W4A16: `aten._weight_int4pack_mm_for_cpu` (in_features a multiple of 32, out_features of 16) (weight-only
   kernels: real integer weights, float activations; they save memory, not time).
 - Other W<16 with A16: integer codes held, expanded to float at every call (`dequantize-float`).
 - W16 with A<16 is not offered: no CPU kernel takes float weights with integer activations.
@@ -97,10 +97,11 @@ def _int8_kernel(module: Quantizable, qw: QuantizedWeight, packed: Tensor, a_bit
 
 
 def _weight_only_kernel(module: Quantizable, kind: LayerKind, qw: QuantizedWeight) -> LayerKernel:
-    in_features = qw.codes[0].numel()
+    out_features, in_features = qw.codes.shape[0], qw.codes[0].numel()
     if kind == "linear" and qw.bits == 8 and in_features % 16 == 0:  # other widths crash the kernel (torch 2.13)
         return _int8pack_kernel(module, qw)
-    if kind == "linear" and qw.bits == 4 and any(in_features % g == 0 for g in _INT4_GROUP_SIZES):
+    # the int4 packing needs out_features a multiple of 16 and in_features of a group size (torch 2.13)
+    if kind == "linear" and qw.bits == 4 and out_features % 16 == 0 and any(in_features % g == 0 for g in _INT4_GROUP_SIZES):
         return _int4pack_kernel(module, qw)
     # No integer kernel for this width: keep the codes, expand them at each call.
     scales = qw.per_channel_scales()

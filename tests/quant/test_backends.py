@@ -44,6 +44,9 @@ def test_int8_backend_runs_integer_kernels_on_integer_weights() -> None:
     narrow = backend.kernels(nn.Linear(8, 4), "linear", {Bits(8, 16), Bits(4, 16)})
     assert {k.label for k in narrow.values()} == {"dequantize-float"}
     assert torch.isfinite(narrow[Bits(8, 16)].run(torch.randn(2, 8), None)).all()
+    # int4 packing needs out_features a multiple of 16 (24 crashed `_convert_weight_to_int4pack_cpu`)
+    odd = backend.kernels(nn.Linear(64, 24), "linear", {Bits(4, 16)})[Bits(4, 16)]
+    assert odd.label == "dequantize-float" and odd.run(torch.randn(2, 64), None).shape == (2, 24)
     assert not backend.supports(Bits(16, 8), "linear")
     assert not backend.supports(Bits(8, 8), "linear", group_size=32)
 
