@@ -30,7 +30,8 @@ def _spec_fields() -> dict[str, Any]:
         default = StudySpec.default(f.name)
         text, low, high = StudySpec.describe(f.name)
         if isinstance(default, list):
-            at_least = 0 if f.name == "baselines" else 1
+            # options given as key=value (empty by default) and baselines may be empty; bits, estimators not
+            at_least = 0 if not default or f.name == "baselines" else 1
             out[f.name] = (list[Item], Field(default_factory=lambda d=default: list(d), min_length=at_least,
                                              max_length=32, description=text))
         elif isinstance(default, int):

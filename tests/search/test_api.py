@@ -172,3 +172,14 @@ def test_api_studies_run_on_the_servers_executor(tmp_path) -> None:
     assert info["state"] == "COMPLETE" and len(made) == 1
     workers = {e.worker.rsplit(":", 1)[0] for e in Study.load("r", db).storage.list_evaluations("r") if e.worker}
     assert workers and not any(str(os.getpid()) in w.split(":") for w in workers)  # evaluated in Ray actors
+
+
+def test_empty_option_lists_are_valid_but_empty_bits_are_not() -> None:
+    from pydantic import ValidationError
+
+    from search.api.models import StudyCreate
+
+    body = StudyCreate(name="x", workload_options=[], estimator_options=[], baselines=[])
+    assert body.workload_options == [] and body.estimator_options == []
+    with pytest.raises(ValidationError, match="bits"):
+        StudyCreate(name="x", bits=[])
