@@ -24,7 +24,8 @@
   again only once, which this does not count), plus 2 x 22 whole calls (fp32 and a bf16 copy); peak:
   the model, a bf16 copy (half), what an applied config holds and one call's activations;
 - each cheap / full evaluation: applying a config, then `eval_samples` (`full_samples`) images x
-  `num_steps` calls, the cheap one plus a batch-1 generation timed for latency; quantized calls priced
+  `num_steps` calls, the cheap one plus a batch-1 generation recorded and its calls replayed quantized
+  and float for latency (`quant.latency.side_by_side`); quantized calls priced
   by one measured call with the study's first bit pair applied everywhere but never below a float call
   (searched configs mix in slower weight-only and dequantizing kernels), the sampler's other work
   by the 1-step generations; metrics are not counted; peak: the
@@ -199,9 +200,12 @@ def predict(spec: StudySpec, m: Measured) -> Plan:
                             f"at most: {len(spec.bits) + 1} bit pairs applied x {TABLE_REPEATS + 1} passes + "
                             f"{WHOLE_CALLS} calls (a shape or kernel met again is not timed again)",
                             "a smaller model (the table applies it whole)"))
-    cheap = Stage("each cheap evaluation", m.apply_s + generation(spec.eval_samples, True) + generation(1, True),
+    # the latency: one image's calls recorded, then replayed quantized and float side by side
+    timed = 2 * generation(1, True) + steps * call.time_at(1)
+    cheap = Stage("each cheap evaluation", m.apply_s + generation(spec.eval_samples, True) + timed,
                   base + m.applied_bytes + call.bytes_at(spec.eval_samples),
-                  f"apply + {spec.eval_samples} images x {steps} calls + 1 image timed", "fewer eval_samples")
+                  f"apply + {spec.eval_samples} images x {steps} calls + 1 image timed beside float",
+                  "fewer eval_samples")
     stages.append(cheap)
     total = generation(spec.eval_samples, False) + m.evaluations * cheap.seconds  # + the float reference
     peak, how = cheap.peak_bytes, f"the float reference + {m.evaluations} cheap"

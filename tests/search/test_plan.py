@@ -87,8 +87,9 @@ def test_stages_follow_the_documented_model() -> None:
     assert by["sensitivity: kurtosis"].peak_bytes == 1_000_000_000 + 350_000_000 + 100_000_000
     # latency table: 6 pairs x 6 passes + 44 whole calls, plus 6 applies
     assert by["latency table"].seconds == pytest.approx(6 * 6 + 44 + 6 * 3.0)
-    # a cheap evaluation: apply + 2 images x 8 quantized calls (1.5x as long) + 1 image timed
-    cheap = 3.0 + (8 * 1.5 * 1.5 + 2 * 0.25) + (8 * 1.0 * 1.5 + 0.25)
+    # a cheap evaluation: apply + 2 images x 8 quantized calls (1.5x as long) + 1 image recorded, then its
+    # 8 calls replayed quantized and float (priced as one more quantized image and 8 float calls)
+    cheap = 3.0 + (8 * 1.5 * 1.5 + 2 * 0.25) + 2 * (8 * 1.0 * 1.5 + 0.25) + 8 * 1.0
     assert by["each cheap evaluation"].seconds == pytest.approx(cheap)
     reference = 8 * 1.5 + 2 * 0.25
     full = 3.0 + 8 * 1.5 * 1.5 + 2 * 0.25
