@@ -19,6 +19,7 @@ import copy
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -98,6 +99,57 @@ def pretrain_text_head(head: nn.Module, x: torch.Tensor, labels: torch.Tensor, e
             print(f"  text-head step {step:4d} loss {loss.item():.3f}", flush=True)
 
 
+def warmup_cosine(step: int, steps: int, lr: float) -> float:
+    """Linear warmup over min(200, steps/10) steps, then cosine decay to 10% of ``lr``."""
+    warmup = max(1, min(200, steps // 10))
+    return lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+
+
+def epsilon_loss(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
+                 abar: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """DDPM epsilon-prediction loss: noise ``x0`` to a random timestep, ``predict(xt, t)`` the noise."""
+    t = torch.randint(0, len(abar), (x0.shape[0],), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    a = abar[t].view(-1, 1, 1, 1)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    return F.mse_loss(predict(xt, t), noise)
+
+
+def train_with_ema(modules: Sequence[nn.Module], batch_loss: Callable[[int], torch.Tensor], *, steps: int,
+                   lr: float, ema: float, ckpt_every: int = 0,
+                   checkpoint: Callable[[int, list[nn.Module]], None] | None = None) -> list[nn.Module]:
+    """AdamW on the trainable parameters of ``modules`` (warmup + cosine, grad-norm clip 1) with an EMA.
+
+    ``batch_loss(step)`` draws a batch and returns its loss. Returns the EMA copies of ``modules``
+    (what is shipped); ``checkpoint(step, emas)`` is called every ``ckpt_every`` steps when given.
+    """
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    emas = [copy.deepcopy(m).requires_grad_(False) for m in modules]
+    t_loop, running = time.time(), 0.0
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = warmup_cosine(step, steps, lr)
+        loss = batch_loss(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(ema, (1 + step) / (10 + step))  # short memory early, while the weights move fast
+        with torch.no_grad():
+            for src, dst in zip(modules, emas, strict=True):
+                for ps, pd in zip(src.parameters(), dst.parameters(), strict=True):
+                    pd.lerp_(ps, 1 - decay)
+        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        if step % 50 == 0 or step == steps - 1:
+            el = time.time() - t_loop
+            print(f"step {step:5d} loss {running:.4f} lr {warmup_cosine(step, steps, lr):.2e} {el / (step + 1):.2f}s/step "
+                  f"eta {el / (step + 1) * (steps - step - 1) / 60:.1f} min", flush=True)
+        if checkpoint is not None and ckpt_every and step and step % ckpt_every == 0:
+            checkpoint(step, emas)
+    return emas
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kind", choices=["unet", "dit"], default="unet")
@@ -136,13 +188,8 @@ def main(argv: list[str] | None = None) -> None:
 
     sched = DDPMScheduler.from_config(SCHEDULER_CONFIG)
     abar = sched.alphas_cumprod.float()
-    params = [p for p in [*denoiser.parameters(), *cond.parameters()] if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    warmup = max(1, min(200, args.steps // 10))
-    lr_at = lambda s: args.lr * min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / args.steps)))  # noqa: E731
-    ema_d, ema_c = copy.deepcopy(denoiser).requires_grad_(False), copy.deepcopy(cond).requires_grad_(False)
 
-    def save(out: Path, step: int) -> None:
+    def save(out: Path, step: int, ema_d: nn.Module, ema_c: nn.Module) -> None:
         meta = dict(kind=args.kind, steps=step, params=n_params, seed=args.seed, batch=args.batch, lr=args.lr,
                     ema=args.ema, cfg_drop=args.cfg_drop, train_seconds=round(time.time() - t_start, 1))
         cfg = dict(meta, denoiser=UNET_CONFIG if args.kind == "unet" else DIT_CONFIG, scheduler=SCHEDULER_CONFIG,
@@ -150,36 +197,17 @@ def main(argv: list[str] | None = None) -> None:
         _nets.save_module(ema_d, f"{args.kind}_denoiser", cfg, out)
         _nets.save_module(ema_c, f"{args.kind}_conditioner", dict(meta, **CONDITIONER_CONFIG), out)
 
-    t_loop, running = time.time(), 0.0
-    for step in range(args.steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+    def batch_loss(step: int) -> torch.Tensor:
         idx = torch.randint(len(x), (args.batch,), generator=gen)
         p = sampler.draw(idx, gen, drop=args.cfg_drop)
         context, mask = cond(emb.index(p))
-        x0 = x[idx]
-        t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        a = abar[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = F.mse_loss(denoise(denoiser, xt, t, context, mask), noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for src, dst in ((denoiser, ema_d), (cond, ema_c)):
-                for ps, pd in zip(src.parameters(), dst.parameters(), strict=True):
-                    pd.lerp_(ps, 1 - decay)
-        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
-        if step % 50 == 0 or step == args.steps - 1:
-            el = time.time() - t_loop
-            print(f"step {step:5d} loss {running:.4f} lr {lr_at(step):.2e} {el / (step + 1):.2f}s/step "
-                  f"eta {el / (step + 1) * (args.steps - step - 1) / 60:.1f} min", flush=True)
-        if args.ckpt_every and step and step % args.ckpt_every == 0:
-            save(args.out / f"ckpt-{step}", step)
-    save(args.out, args.steps)
+        return epsilon_loss(lambda xt, t: denoise(denoiser, xt, t, context, mask), x[idx], abar, gen)
+
+    ema_d, ema_c = train_with_ema(
+        [denoiser, cond], batch_loss, steps=args.steps, lr=args.lr, ema=args.ema, ckpt_every=args.ckpt_every,
+        checkpoint=lambda step, emas: save(args.out / f"ckpt-{step}", step, *emas),
+    )
+    save(args.out, args.steps, ema_d, ema_c)
     print(f"done: {args.steps} steps, total {(time.time() - t_start) / 60:.1f} min -> {args.out}", flush=True)
 
 
