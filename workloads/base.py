@@ -241,7 +241,7 @@ def load_model(model: str, *, weights: bool, batch: int = 1, resolution: int | N
             return Denoiser(workload.denoiser, denoiser_inputs(workload), workload)
         except WorkloadError:  # e.g. a text-to-image UNet saved alone: no workload samples it
             pass
-    module = load_denoiser(model, device="cpu" if weights else "meta")
+    module = load_denoiser(model, device="cpu" if weights else "meta", random_weights=weights)
     return Denoiser(module, example_inputs(module, batch=batch, resolution=resolution))
 
 

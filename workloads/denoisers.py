@@ -43,21 +43,21 @@ def builtin_names() -> list[str]:
     return sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.json"))
 
 
-def load_denoiser(path_or_name: str, device: str = "cpu") -> nn.Module:
+def load_denoiser(path_or_name: str, device: str = "cpu", random_weights: bool = False) -> nn.Module:
     """The denoiser of a pipeline directory, a model directory, or a built-in config name.
 
     - pipeline directory (has model_index.json): its `unet/` or `transformer/` subfolder;
     - model directory (has config.json): loaded with its safetensors weights, or built on the meta
       device when the directory holds no weights;
     - built-in name (see `builtin_names()`): an architecture with no weights: built on the meta device,
-      or with seeded random weights on any other `device` (to time its kernels, never to sample).
+      or, with `random_weights`, with seeded random ones on `device` (to time its kernels, never to sample).
 
     `device="meta"` skips the weights of any model (fast, for inspection only).
     Raises ModelLoadError with a one-line message on anything else.
     """
     if path_or_name in builtin_names() and not Path(path_or_name).exists():
         config = _read_json(BUILTIN_CONFIGS / f"{path_or_name}.json")
-        return _checked(_build(config, path_or_name, device), path_or_name)
+        return _checked(_build(config, path_or_name, device if random_weights else "meta"), path_or_name)
 
     path = Path(path_or_name)
     expected = (
