@@ -67,25 +67,50 @@ def measure_latency(model: nn.Module, run: Callable[[], Any], bits: Sequence[Bit
     (`_timing_key`: type, weight shape, bias, conv geometry, the shapes and dtype of every call's input)
     on the first of them (a real-size UNet repeats a few dozen shapes over hundreds of layers); and pairs
     whose kernels for a layer run the same code on the same tensors (`_kernel_key`: W4A8, W6A8 and W8A8
-    all run the int8 kernel on int8 codes) on the first of them, so noise cannot rank them apart."""
+    all run the int8 kernel on int8 codes) on the first of them, so noise cannot rank them apart.
+
+    The pairs are applied one after the other, minutes apart on a big model, while the machine's load
+    moves: so each quantized kernel is timed side by side with the layer's float forward (the float
+    module its QuantLayer keeps), and its entry is that ratio times the layer's float time, the median
+    of every window's. Entries of different pairs then share one clock."""
     inputs = layer_inputs(model, run)
     modules = quantizable_modules(model)
     timed: dict[tuple[object, ...], str] = {}  # key -> the layer timed for it
     representative = {fqn: timed.setdefault(_timing_key(modules[fqn][0], xs), fqn) for fqn, xs in inputs.items()}
-    table: dict[str, dict[Bits, float]] = {fqn: {} for fqn in inputs}
-    kernel_times: dict[tuple[str, tuple[object, ...]], float] = {}  # (layer, kernel key) -> seconds
+    floats: dict[str, list[float]] = {fqn: [] for fqn in timed.values()}  # each window's float time
+    ratios: dict[tuple[str, tuple[object, ...]], float] = {}  # (layer, kernel key) -> over its float time
+    kernel_of: dict[tuple[str, Bits], tuple[str, tuple[object, ...]] | None] = {}  # None: the float layer
     for b, qm in uniformly_applied(model, bits, backend, ranges):
         for fqn in timed.values():
-            q = qm.layers.get(fqn)
-            key = (fqn, ("float",) if q is None else _kernel_key(q.kernels[b]))
-            if key not in kernel_times:
-                kernel_times[key] = time_calls([_calls(model.get_submodule(fqn), inputs[fqn])], repeats)[0]
-            table[fqn][b] = kernel_times[key]
-        for fqn, rep in representative.items():
-            table[fqn][b] = table[rep][b]
+            layer, q = model.get_submodule(fqn), qm.layers.get(fqn)
+            if q is None:
+                floats[fqn].append(time_calls([_calls(layer, inputs[fqn])], repeats)[0])
+                kernel_of[(fqn, b)] = None
+                continue
+            key = (fqn, _kernel_key(q.kernels[b]))
+            if key not in ratios:
+                quantized_s, float_s = time_calls([_calls(layer, inputs[fqn]), _float_calls(qm, layer, inputs[fqn])],
+                                                  repeats)
+                ratios[key] = quantized_s / max(float_s, 1e-12)
+                floats[fqn].append(float_s)
+            kernel_of[(fqn, b)] = key
         if while_applied is not None:
             while_applied(b, qm)
+    table: dict[str, dict[Bits, float]] = {fqn: {} for fqn in inputs}
+    for fqn, rep in representative.items():
+        float_s = statistics.median(floats[rep])
+        for (name, b), kernel in kernel_of.items():
+            if name == rep:
+                table[fqn][b] = float_s if kernel is None else ratios[kernel] * float_s
     return table
+
+
+def _float_calls(qm: QuantizedModel, layer: nn.Module, xs: Sequence[torch.Tensor]) -> Callable[[], object]:
+    """`_calls` of a QuantLayer run by its float module (`QuantizedModel.float_reference`)."""
+    def run() -> object:
+        with qm.float_reference():
+            return [layer(x) for x in xs]
+    return run
 
 
 def _kernel_key(kernel: LayerKernel) -> tuple[object, ...]:
