@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from quant.config import HIGH_PRECISION, Bits, TimestepGroups
 from quant.quantizers import activation_scale, fake_quantize_activation, quantize_weight
+from sensitivity.base import EstimatorError
 
 if TYPE_CHECKING:
     from quant.calibrate import ActivationRanges
@@ -141,13 +142,21 @@ def _replace_first(output: Any, new: Tensor) -> Any:
     return output
 
 
-def _detach(value: Any) -> Any:
+def _detach(value: Any, previous: Sequence[Tensor], kept: list[Tensor]) -> Any:
+    """A detached copy of a call's inputs, compact: a tensor equal to one of the `previous` call's (the
+    prompt embeddings, passed unchanged at every step) is shared, not copied again. Every tensor of
+    this call goes to `kept`, for the next call to compare with."""
     if isinstance(value, Tensor):
-        return value.detach().clone()
+        same = (p for p in previous if p.shape == value.shape and p.dtype == value.dtype and torch.equal(p, value))
+        copy = next(same, None)
+        if copy is None:
+            copy = value.detach().clone()
+        kept.append(copy)
+        return copy
     if isinstance(value, dict):
-        return {k: _detach(v) for k, v in value.items()}
+        return {k: _detach(v, previous, kept) for k, v in value.items()}
     if isinstance(value, tuple | list):
-        return type(value)(_detach(v) for v in value)
+        return type(value)(_detach(v, previous, kept) for v in value)
     return value
 
 
@@ -167,12 +176,16 @@ def _denoiser_hooks(denoiser: nn.Module, pre: Callable[..., Any] | None = None,
 
 
 def record_calls(workload: Workload, batch: Batch) -> tuple[Generation, list[StepCall]]:
-    """Generate `batch` in full precision, recording every denoiser call with its step."""
+    """Generate `batch` in full precision, recording every denoiser call with its step (inputs that do
+    not change between calls are stored once: what grows with the steps is the latents alone)."""
     calls: list[StepCall] = []
     step = [0]
+    previous: list[Tensor] = []
 
     def pre(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        calls.append(StepCall(step[0], _detach(args), _detach(kwargs)))
+        kept: list[Tensor] = []
+        calls.append(StepCall(step[0], _detach(args, previous, kept), _detach(kwargs, previous, kept)))
+        previous[:] = kept
 
     def post(_m: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
         calls[-1].out_sq = float(first_tensor(output).detach().double().pow(2).sum())
@@ -213,13 +226,23 @@ def trajectory_gains(workload: Workload, batch: Batch, groups: TimestepGroups, r
     return gains
 
 
+WeightSink = Callable[[str, Tensor], None]
+"""Told (layer, gradient of its weight) once per probe, as soon as autograd has that gradient."""
+InputSink = Callable[[str, Tensor, Tensor], None]
+"""Told (layer, its input at one call, the gradient w.r.t. that input) once per call per probe."""
+
+
 @dataclass
 class Tape:
-    """What one replayed forward recorded at each layer: its input and a zero leaf added to it, whose
-    gradient is the gradient w.r.t. the layer input (the input itself is not a leaf)."""
+    """One replayed forward's taped layer inputs, the scalar zero leaves added to them (so that the
+    backward reaches every input, even the first layer's, whose input needs no gradient otherwise),
+    and where the current probe's gradients go (`probe` sets the sinks)."""
 
+    weights: list[Tensor] = field(default_factory=list)
     inputs: dict[str, list[Tensor]] = field(default_factory=dict)
-    zeros: dict[str, list[Tensor]] = field(default_factory=dict)
+    zeros: list[Tensor] = field(default_factory=list)
+    on_weight: WeightSink | None = None
+    on_input: InputSink | None = None
 
     def clear(self) -> None:
         self.inputs.clear()
@@ -228,46 +251,124 @@ class Tape:
 
 @contextmanager
 def differentiable(denoiser: nn.Module, modules: Mapping[str, nn.Module], want_inputs: bool) -> Iterator[Tape]:
-    """Make the weights of `modules` (only) require grad and, if asked, tape their inputs; every flag
-    and hook is restored on exit, so the model is left as found. Gradients are taken with
-    `torch.autograd.grad`, which never writes `.grad`."""
-    flags = {p: p.requires_grad for p in denoiser.parameters()}
-    tape = Tape()
-    handles = []
+    """Make the weights of `modules` (only) require grad and, if asked, tape their inputs; every flag,
+    hook and `.grad` is restored on exit, so the model is left as found.
 
-    def hook(name: str) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...]]:
+    Memory: a weight's gradient is handed to `tape.on_weight` by a post-accumulate hook and dropped at
+    once, so at most one layer's gradient exists at a time (not a copy of the model); a layer input's
+    gradient is handed to `tape.on_input` by a tensor hook during the backward and never stored. The
+    taped input is the tensor the layer itself saves for its backward (no extra activation copy)."""
+    flags = {p: p.requires_grad for p in denoiser.parameters()}
+    saved_grads = {p: p.grad for p in denoiser.parameters()}
+    tape = Tape()
+    handles: list[Any] = []
+    by_weight: dict[Tensor, list[str]] = {}  # a weight shared by several layers is one leaf
+    for n, m in modules.items():
+        by_weight.setdefault(weight_of(m), []).append(n)
+
+    def on_grad(w: Tensor) -> None:
+        grad, w.grad = w.grad, None
+        if grad is not None and tape.on_weight is not None:
+            for n in by_weight[w]:
+                tape.on_weight(n, grad)
+
+    def tap(name: str) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...]]:
         def pre(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
             x = args[0]
-            z = torch.zeros_like(x, requires_grad=True)
-            tape.inputs.setdefault(name, []).append(x.detach())
-            tape.zeros.setdefault(name, []).append(z)
-            return (x + z, *args[1:])
+            z = torch.zeros((), dtype=x.dtype, requires_grad=True)
+            y = x + z
+            seen = y.detach()
+
+            def on_input_grad(gy: Tensor) -> None:
+                if tape.on_input is not None:
+                    tape.on_input(name, seen, gy)
+
+            y.register_hook(on_input_grad)
+            tape.inputs.setdefault(name, []).append(seen)
+            tape.zeros.append(z)
+            return (y, *args[1:])
 
         return pre
 
     try:
         for p in flags:
             p.requires_grad_(False)
-        for m in modules.values():
-            weight_of(m).requires_grad_(True)
+            p.grad = None
+        for w in by_weight:
+            w.requires_grad_(True)
+            handles.append(w.register_post_accumulate_grad_hook(on_grad))
+        tape.weights = list(by_weight)
         if want_inputs:
-            handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
+            handles += [m.register_forward_pre_hook(tap(n)) for n, m in modules.items()]
         yield tape
     finally:
         for h in handles:
             h.remove()
         for p, flag in flags.items():
             p.requires_grad_(flag)
+            p.grad = saved_grads[p]
 
 
-@dataclass
-class ProbeGrads:
-    """Squared gradients of one probe v . O of one call, normalized by ||O||^2 (relative error units),
-    and the layer inputs of that call (for activation deltas)."""
+def _tensors(value: Any) -> Iterator[Tensor]:
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
+    elif isinstance(value, tuple | list):
+        for v in value:
+            yield from _tensors(v)
 
-    weight_sq: dict[str, Tensor]
-    input_sq: dict[str, list[Tensor]]
-    inputs: dict[str, list[Tensor]]
+
+def _rows(value: Any, lo: int, hi: int, n: int) -> Any:
+    if isinstance(value, Tensor):
+        return value[lo:hi] if value.dim() and value.shape[0] == n else value
+    if isinstance(value, dict):
+        return {k: _rows(v, lo, hi, n) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(_rows(v, lo, hi, n) for v in value)
+    return value
+
+
+# `micro_batch=None` (the default) replays whole calls on denoisers below this many bytes of weights,
+# where a batch is much faster than its rows one at a time and its graph is small, and one row at a time
+# above it (an SD-size UNet's graph at batch 8 would not fit beside the model)
+WHOLE_CALLS_BELOW_BYTES = 256 * 2**20
+
+
+def check_micro_batch(rows: int | None) -> int | None:
+    """`rows` if it is a valid `micro_batch` option, else a one-line error naming the fix."""
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 0):
+        raise EstimatorError(f"micro_batch must be an int >= 0 (rows per replay; 0 = whole calls) or None (by "
+                             f"model size), got {rows!r}")
+    return rows
+
+
+def micro_batch_rows(rows: int | None, denoiser: nn.Module) -> int:
+    """The rows per replay: `rows`, or for None whole calls (0) on a denoiser under
+    WHOLE_CALLS_BELOW_BYTES of parameters and one row at a time on a bigger one."""
+    if rows is not None:
+        return rows
+    size = sum(p.numel() * p.element_size() for p in denoiser.parameters())
+    return 0 if size < WHOLE_CALLS_BELOW_BYTES else 1
+
+
+def micro_batches(call: StepCall, rows: int) -> list[StepCall]:
+    """`call` split into calls of at most `rows` batch rows (`rows` 0: the call as recorded), so that a
+    replay's graph holds the activations of those rows only, whatever the number of images.
+
+    The batch size is the first dimension of the call's first tensor (the latents); every input tensor
+    with that first dimension is sliced, others (a scalar timestep) are passed whole. Rows of a denoiser
+    call are independent samples (classifier-free guidance's unconditional and conditional rows too),
+    so the rows' outputs are the full call's. A part keeps the whole call's ||O||^2: relative units
+    stay those of the call, and summing the parts' squared gradients estimates the same Fisher / trace
+    (the cross terms between rows that one batched probe adds have expectation 0)."""
+    first = next(_tensors((call.args, call.kwargs)), None)
+    n = first.shape[0] if first is not None and first.dim() else 0
+    if rows <= 0 or n <= rows:
+        return [call]
+    return [StepCall(call.step, _rows(call.args, lo, lo + rows, n), _rows(call.kwargs, lo, lo + rows, n), call.out_sq)
+            for lo in range(0, n, rows)]
 
 
 def replay(denoiser: nn.Module, call: StepCall, tape: Tape) -> Tensor:
@@ -282,25 +383,24 @@ def rademacher(like: Tensor, gen: torch.Generator) -> Tensor:
     return (torch.randint(0, 2, like.shape, generator=gen) * 2 - 1).to(like.dtype)
 
 
-def probe(out: Tensor, call: StepCall, modules: Mapping[str, nn.Module], tape: Tape, v: Tensor) -> ProbeGrads:
-    """One backward of v . O through a `replay`ed output. E_v[(J^T v)^2] is the diagonal of J^T J (the
-    Gauss-Newton matrix, = the Fisher of a Gaussian output), so its sum over a layer is Hutchinson's
-    estimate of that layer's trace; the graph is kept for further probes."""
-    names = list(modules)
-    weights = [weight_of(modules[n]) for n in names]
-    zeros = [z for n in names for z in tape.zeros.get(n, [])]
-    grads = torch.autograd.grad(out, [*weights, *zeros], grad_outputs=v, retain_graph=True, allow_unused=True)
-    scale = 1.0 / max(call.out_sq, 1e-30)
+def probe(out: Tensor, tape: Tape, v: Tensor, on_weight: WeightSink, on_input: InputSink | None = None,
+          retain: bool = True) -> None:
+    """One backward of v . O through a `replay`ed output, streaming gradients to the sinks. E_v[(J^T v)^2]
+    is the diagonal of J^T J (the Gauss-Newton matrix, = the Fisher of a Gaussian output), so its sum
+    over a layer is Hutchinson's estimate of that layer's trace. A layer that gets no gradient (unused in
+    this call) is not told. `retain=False` frees the graph (the last probe of a call)."""
+    tape.on_weight, tape.on_input = on_weight, on_input
+    try:
+        torch.autograd.backward(out, grad_tensors=v, inputs=[*tape.weights, *tape.zeros], retain_graph=retain)
+    finally:
+        tape.on_weight = tape.on_input = None
+        for z in tape.zeros:
+            z.grad = None
 
-    def sq(g: Tensor | None, like: Tensor) -> Tensor:
-        return g.detach().float().pow(2) * scale if g is not None else torch.zeros_like(like, dtype=torch.float32)
 
-    weight_sq = {n: sq(g, weight_of(modules[n])) for n, g in zip(names, grads[: len(names)], strict=True)}
-    input_sq: dict[str, list[Tensor]] = {}
-    rest = iter(grads[len(names):])
-    for n in names:
-        input_sq[n] = [sq(next(rest), z) for z in tape.zeros.get(n, [])]
-    return ProbeGrads(weight_sq, input_sq, dict(tape.inputs))
+def relative_sq(grad: Tensor, call: StepCall) -> Tensor:
+    """grad^2 / ||O||^2: a squared gradient in units of relative output-error power."""
+    return grad.detach().float().pow(2) * (1.0 / max(call.out_sq, 1e-30))
 
 
 def group_steps(groups: TimestepGroups, calls: Sequence[StepCall]) -> list[int]:

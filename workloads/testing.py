@@ -50,6 +50,7 @@ class TinyWorkload(Workload):
     The model is random: suites check contracts (coverage, determinism, errors), never image quality."""
 
     name = "tiny"
+    latent_size = 8  # latents are 1 x latent_size x latent_size
 
     def __init__(self, num_steps: int = 4) -> None:
         self.denoiser = tiny_unet()
@@ -67,7 +68,8 @@ class TinyWorkload(Workload):
 
     def generate(self, batch: Batch, on_step: OnStep | None = None, record_steps: bool = False) -> Generation:
         self.splits_seen.append("calibration" if batch.seeds[0] >= 1_000_000 else "eval")
-        x = torch.stack([torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(s)) for s in batch.seeds])
+        side = self.latent_size
+        x = torch.stack([torch.randn(1, side, side, generator=torch.Generator().manual_seed(s)) for s in batch.seeds])
         ctx = self._context(batch.prompts)
         outs = []
         with torch.no_grad():
