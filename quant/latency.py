@@ -31,20 +31,6 @@ from quant.layers import quantizable_modules
 FULL = FULL_PRECISION
 
 
-def layer_inputs(model: nn.Module, run: Callable[[], Any]) -> dict[str, list[torch.Tensor]]:
-    """The input of every call of every quantizable layer during `run()` (one denoiser forward)."""
-    seen: dict[str, list[torch.Tensor]] = {}
-    handles = [m.register_forward_pre_hook(lambda _m, args, fqn=fqn: seen.setdefault(fqn, []).append(args[0]))
-               for fqn, (m, _kind) in quantizable_modules(model).items()]
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
-
-
 def uniformly_applied(model: nn.Module, bits: Sequence[Bits | str], backend: str | Backend = "int8",
                       ranges: ActivationRanges | None = None) -> Iterator[tuple[Bits, QuantizedModel]]:
     """The model quantized uniformly at each pair of `bits` and at W16A16 in turn (restored after each):
@@ -59,74 +45,106 @@ def uniformly_applied(model: nn.Module, bits: Sequence[Bits | str], backend: str
 
 def measure_latency(model: nn.Module, run: Callable[[], Any], bits: Sequence[Bits | str], backend: str = "int8",
                     ranges: ActivationRanges | None = None, repeats: int = 5,
-                    while_applied: Callable[[Bits, QuantizedModel], None] | None = None) -> LatencyTable:
-    """Seconds per denoiser forward of each layer at each of `bits` (plus full precision).
-    `while_applied(bits, qm)` runs while each pair is applied (e.g. to read what its kernels hold).
+                    while_applied: Callable[[Bits, QuantizedModel], None] | None = None) -> tuple[LatencyTable, float]:
+    """Seconds per denoiser forward of each layer at each of `bits` (plus full precision), and of the
+    rest of the call (every op outside the quantizable layers). `while_applied(bits, qm)` runs while each pair is applied (e.g. to read
+    what its kernels hold).
 
-    Work that is the same is timed once: layers alike in everything a kernel's time depends on
-    (`_timing_key`: type, weight shape, bias, conv geometry, the shapes and dtype of every call's input)
-    on the first of them (a real-size UNet repeats a few dozen shapes over hundreds of layers); and pairs
-    whose kernels for a layer run the same code on the same tensors (`_kernel_key`: W4A8, W6A8 and W8A8
-    all run the int8 kernel on int8 codes) on the first of them, so noise cannot rank them apart.
-
+    Layers are timed in context: whole calls `run()` with a clock around every quantizable layer
+    (`in_context`), so each layer meets the caches a real call leaves it, not its own warm repeats.
     The pairs are applied one after the other, minutes apart on a big model, while the machine's load
-    moves: so each quantized kernel is timed side by side with the layer's float forward (the float
-    module its QuantLayer keeps), and its entry is that ratio times the layer's float time, the median
-    of every window's. Entries of different pairs then share one clock."""
-    inputs = layer_inputs(model, run)
-    modules = quantizable_modules(model)
-    timed: dict[tuple[object, ...], str] = {}  # key -> the layer timed for it
-    representative = {fqn: timed.setdefault(_timing_key(modules[fqn][0], xs), fqn) for fqn, xs in inputs.items()}
-    floats: dict[str, list[float]] = {fqn: [] for fqn in timed.values()}  # each window's float time
+    moves: so with each pair applied the quantized call and the float one (the float modules the
+    QuantLayers keep) alternate, and a layer's entry is its quantized over its float time in that
+    window times its float time, the median of every window's. The rest of the call is the float calls'
+    share outside the layers, on the same clock. Pairs whose kernels for a layer run the same code on
+    the same tensors (`_kernel_key`: W4A8, W6A8 and W8A8 all run the int8 kernel on int8 codes) share
+    the first one's ratio, so noise cannot rank them apart."""
+    floats: dict[str, list[float]] = {}  # each window's in-context float time per layer
+    rest_shares: list[float] = []
     ratios: dict[tuple[str, tuple[object, ...]], float] = {}  # (layer, kernel key) -> over its float time
     kernel_of: dict[tuple[str, Bits], tuple[str, tuple[object, ...]] | None] = {}  # None: the float layer
     for b, qm in uniformly_applied(model, bits, backend, ranges):
-        for fqn in timed.values():
-            layer, q = model.get_submodule(fqn), qm.layers.get(fqn)
-            if q is None:
-                floats[fqn].append(time_calls([_calls(layer, inputs[fqn])], repeats)[0])
-                kernel_of[(fqn, b)] = None
-                continue
-            key = (fqn, _kernel_key(q.kernels[b]))
-            if key not in ratios:
-                quantized_s, float_s = time_calls([_calls(layer, inputs[fqn]), _float_calls(qm, layer, inputs[fqn])],
-                                                  repeats)
-                ratios[key] = quantized_s / max(float_s, 1e-12)
-                floats[fqn].append(float_s)
-            kernel_of[(fqn, b)] = key
+        if b.is_full_precision:
+            (float_layers, float_call), = in_context(model, [run], repeats)
+        else:
+            def reference(qm: QuantizedModel = qm) -> object:
+                with qm.float_reference():
+                    return run()
+            (quantized_layers, _), (float_layers, float_call) = in_context(model, [run, reference], repeats)
+            for fqn, seconds in quantized_layers.items():
+                key = (fqn, _kernel_key(qm.layers[fqn].kernels[b]))
+                ratios.setdefault(key, seconds / max(float_layers[fqn], 1e-12))
+                kernel_of[(fqn, b)] = key
+        for fqn, seconds in float_layers.items():
+            floats.setdefault(fqn, []).append(seconds)
+            kernel_of.setdefault((fqn, b), None)
+        rest_shares.append(max(0.0, float_call - sum(float_layers.values())) / max(float_call, 1e-12))
         if while_applied is not None:
             while_applied(b, qm)
-    table: dict[str, dict[Bits, float]] = {fqn: {} for fqn in inputs}
-    for fqn, rep in representative.items():
-        float_s = statistics.median(floats[rep])
-        for (name, b), kernel in kernel_of.items():
-            if name == rep:
-                table[fqn][b] = float_s if kernel is None else ratios[kernel] * float_s
-    return table
+    float_s = {fqn: statistics.median(times) for fqn, times in floats.items()}
+    table: dict[str, dict[Bits, float]] = {fqn: {} for fqn in float_s}
+    for (fqn, b), kernel in kernel_of.items():
+        table[fqn][b] = float_s[fqn] if kernel is None else ratios[kernel] * float_s[fqn]
+    share = min(statistics.median(rest_shares), 0.99)  # of a whole float call, put on the layers' clock
+    return table, share / (1 - share) * sum(float_s.values())
 
 
-def _float_calls(qm: QuantizedModel, layer: nn.Module, xs: Sequence[torch.Tensor]) -> Callable[[], object]:
-    """`_calls` of a QuantLayer run by its float module (`QuantizedModel.float_reference`)."""
-    def run() -> object:
-        with qm.float_reference():
-            return [layer(x) for x in xs]
-    return run
+def in_context(model: nn.Module, runs: Sequence[Callable[[], object]], repeats: int,
+               warmups: int = 1) -> list[tuple[dict[str, float], float]]:
+    """For each of `runs` (whole denoiser calls, interleaved a, b, a, b, ...): the median CPU seconds of
+    every quantizable layer inside the call (all its calls in the run summed) and of the whole run.
+    Each run is made twice per round, with a clock around every layer and without: the layers' times are
+    scaled by the plain run's over the clocked one's, so the clocks' own cost is not counted."""
+    layers = {fqn: m for fqn, m in model.named_modules() if fqn in _swappable(model)}
+    now: dict[str, float] = {}
+    spent: dict[str, float] = {}
+
+    def before(fqn: str) -> Callable[..., None]:
+        return lambda *_: now.__setitem__(fqn, time.process_time())
+
+    def after(fqn: str) -> Callable[..., None]:
+        return lambda *_: spent.__setitem__(fqn, spent.get(fqn, 0.0) + time.process_time() - now[fqn])
+
+    def timed(run: Callable[[], object], clocked: bool) -> float:
+        handles = [h for fqn, m in layers.items()
+                   for h in (m.register_forward_pre_hook(before(fqn)), m.register_forward_hook(after(fqn)))] \
+            if clocked else []
+        try:
+            t0 = time.process_time()
+            run()
+            return time.process_time() - t0
+        finally:
+            for h in handles:
+                h.remove()
+
+    samples: list[list[tuple[dict[str, float], float, float]]] = [[] for _ in runs]
+    with torch.no_grad():
+        for i in range(warmups + repeats):
+            for r, out in zip(runs, samples, strict=True):
+                spent.clear()
+                clocked = timed(r, True)
+                per_layer = dict(spent)
+                plain = timed(r, False)
+                if i >= warmups:
+                    out.append((per_layer, clocked, plain))
+    results = []
+    for out in samples:
+        plain = statistics.median(s[2] for s in out)
+        scale = plain / max(statistics.median(s[1] for s in out), 1e-12)
+        results.append(({fqn: scale * statistics.median(s[0].get(fqn, 0.0) for s in out) for fqn in layers}, plain))
+    return results
+
+
+def _swappable(model: nn.Module) -> set[str]:
+    """The names of the layers `quant.apply` swaps (QuantLayers in place, or the float modules)."""
+    from quant.apply import QuantLayer
+
+    names = {fqn for fqn, m in model.named_modules() if isinstance(m, QuantLayer)}
+    return names | set(quantizable_modules(model))
 
 
 def _kernel_key(kernel: LayerKernel) -> tuple[object, ...]:
     return (kernel.label, tuple((t.dtype, tuple(t.shape)) for t in kernel.held))
-
-
-def _timing_key(module: nn.Module, xs: Sequence[torch.Tensor]) -> tuple[object, ...]:
-    weight = getattr(module, "weight", None)
-    geometry = tuple(getattr(module, a, None) for a in ("stride", "padding", "dilation", "groups"))
-    return (type(module), None if weight is None else tuple(weight.shape), getattr(module, "bias", None) is not None,
-            geometry, tuple((tuple(x.shape), x.dtype) for x in xs))
-
-
-def _calls(layer: nn.Module, xs: Sequence[torch.Tensor]) -> Callable[[], object]:
-    """Every call the layer gets in one denoiser forward, as one run to time."""
-    return lambda: [layer(x) for x in xs]
 
 
 def time_calls(runs: Sequence[Callable[[], object]], repeats: int, warmups: int = 1) -> list[float]:

@@ -27,7 +27,7 @@ from quant.calibrate import ActivationRanges
 from quant.config import Bits
 from quant.cost import MemoryTable, TargetTables, entry
 from quant.errors import UnsupportedBits
-from quant.latency import FULL, layer_inputs, measure_latency, time_calls, uniformly_applied
+from quant.latency import FULL, measure_latency, time_calls, uniformly_applied
 from quant.layers import LayerKind, quantizable_modules
 
 FP32, BF16 = "fp32", "bf16"
@@ -128,38 +128,27 @@ def measure_tables(model: nn.Module, inputs: Mapping[str, Any], bits: Sequence[B
                    backend: str = "int8", ranges: ActivationRanges | None = None,
                    repeats: int = 5) -> TargetTables:
     """Measure `model` (float32, as loaded) on this machine with `backend`'s kernels; one denoiser call
-    is `model(**inputs)`. One clock for every figure: the layers' entries are on their float times
-    (`measure_latency`), and the whole fp32 call, its layers' float forwards alone and the bf16 copy's
-    whole call are timed side by side, so the rest of the call (every op outside the layers) is the
-    fp32 call's share outside its layers times the layers' float entries, and each whole call is put on
-    that clock. The float format is whichever of fp32 and bf16 runs one whole call faster."""
+    is `model(**inputs)`. One clock for every figure: the layers' entries and the rest of the call are
+    timed in whole calls, each pair beside the float model (`measure_latency`); the fp32 call is their
+    sum, and the bf16 copy's call is put on that clock by the two whole calls timed side by side. The
+    float format is whichever of fp32 and bf16 runs one whole call faster."""
     dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
     if dtypes - {torch.float32}:
         raise ValueError(f"measure_tables times the model as fp32 but it holds {sorted(map(str, dtypes))}; "
                          "load it in float32")
     with torch.no_grad():
         memory = _float_layer_bytes(model)  # filled while the latency table applies each pair: one pass
-        latency = measure_latency(model, lambda: model(**inputs), bits, backend, ranges, repeats,
-                                  while_applied=lambda b, qm: _record_held(memory, b, qm))
+        latency, rest_latency_s = measure_latency(model, lambda: model(**inputs), bits, backend, ranges, repeats,
+                                                  while_applied=lambda b, qm: _record_held(memory, b, qm))
+        fp32_clock = rest_latency_s + sum(per[FULL] for per in latency.values())
         half = copy.deepcopy(model).to(torch.bfloat16)
         half_inputs = _to_bf16(inputs)
-        layers = quantizable_modules(model)
-        calls = layer_inputs(model, lambda: model(**inputs))
-
-        def layers_alone() -> None:
-            for fqn, xs in calls.items():
-                for x in xs:
-                    layers[fqn][0](x)
-
-        # whole calls are cheap next to the per-layer table: more repeats steady the reference of every
-        # relative budget, which otherwise flips between the two formats when they are close
-        fp32_s, layers_s, bf16_s = time_calls([lambda: model(**inputs), layers_alone, lambda: half(**half_inputs)],
-                                              4 * repeats + 1)
-        in_layers_s = sum(per[FULL] for per in latency.values())
-        rest_latency_s = max(0.0, fp32_s - layers_s) / max(layers_s, 1e-12) * in_layers_s
-        fp32_clock = in_layers_s + rest_latency_s
+        # whole calls are cheap next to the table: more repeats steady the ratio of the two floats, the
+        # reference of every relative budget, which otherwise flips between them when they are close
+        fp32_s, bf16_s = time_calls([lambda: model(**inputs), lambda: half(**half_inputs)], 4 * repeats + 1)
         fp32 = (fp32_clock, FP32, resident_bytes(model))
         bf16 = (fp32_clock * bf16_s / max(fp32_s, 1e-12), BF16, resident_bytes(half))
+    layers = quantizable_modules(model)
     in_layers = storage_bytes(t for m, _kind in layers.values() for t in (*m.parameters(), *m.buffers()))
     rest_bytes = storage_bytes([*model.parameters(), *model.buffers()]) - in_layers
     seconds, name, nbytes = min(fp32, bf16)

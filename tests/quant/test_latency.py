@@ -7,14 +7,15 @@ import torch
 from quant.apply import QuantizedModel, apply
 from quant.calibrate import calibrate_activations
 from quant.config import BitConfig, Bits, TimestepGroups
-from quant.latency import layer_inputs, measure_latency, record_calls, side_by_side
+from quant.latency import in_context, measure_latency, record_calls, side_by_side
 
 
 def test_latency_table_covers_every_layer_and_bit_width_and_restores_the_model(tiny, tiny_input) -> None:
     groups = TimestepGroups(1)
     ranges = calibrate_activations(tiny, groups, lambda set_step: (set_step(0), tiny(tiny_input)))
     before = tiny(tiny_input)
-    table = measure_latency(tiny, lambda: tiny(tiny_input), ["W8A8", "W4A16"], "int8", ranges, repeats=3)
+    table, rest = measure_latency(tiny, lambda: tiny(tiny_input), ["W8A8", "W4A16"], "int8", ranges, repeats=3)
+    assert rest >= 0
     assert set(table) == {"conv_in", "proj", "ff", "conv_out"}
     for per in table.values():
         assert set(per) == {Bits(8, 8), Bits(4, 16), Bits(16, 16)}
@@ -23,15 +24,10 @@ def test_latency_table_covers_every_layer_and_bit_width_and_restores_the_model(t
     assert torch.equal(tiny(tiny_input), before)
 
 
-def test_layer_inputs_records_every_call(tiny, tiny_input) -> None:
-    def twice() -> None:
-        tiny(tiny_input)
-        tiny(tiny_input[:1])
-
-    seen = layer_inputs(tiny, twice)
-    assert [x.shape[0] for x in seen["conv_in"]] == [2, 1]
-    assert seen["proj"][0].shape == (2, 64, 32)
-
+def test_in_context_times_every_layer_inside_whole_calls(tiny, tiny_input) -> None:
+    (layers, whole), = in_context(tiny, [lambda: tiny(tiny_input)], repeats=3)
+    assert set(layers) == {"conv_in", "proj", "ff", "conv_out"}
+    assert all(s > 0 for s in layers.values()) and sum(layers.values()) < whole
 
 class _BigAndTiny(torch.nn.Module):
     def __init__(self) -> None:
@@ -60,7 +56,7 @@ def test_latency_table_measures_the_work() -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # thread_time counts this thread only: keep every kernel's work on it
     try:
-        table = measure_latency(model, run, ["W8A8"], "int8", ranges, repeats=3)
+        table, _ = measure_latency(model, run, ["W8A8"], "int8", ranges, repeats=3)
     finally:
         torch.set_num_threads(threads)
     w8a8, full = Bits(8, 8), Bits(16, 16)
@@ -121,31 +117,11 @@ def test_side_by_side_replays_every_recorded_call_quantized_then_float() -> None
     assert 0 < quantized_s < float_s / 1.3, (quantized_s, float_s)
 
 
-class _Twins(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b, self.c = torch.nn.Linear(64, 64), torch.nn.Linear(64, 64), torch.nn.Linear(64, 32)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c(self.b(self.a(x)))
-
-
-def test_layers_alike_in_shape_and_inputs_are_timed_once() -> None:
-    torch.manual_seed(0)
-    model, x = _Twins().eval(), torch.randn(8, 64)
-    calls = {name: 0 for name in "abc"}
-    for name in calls:
-        getattr(model, name).register_forward_hook(lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))
-    table = measure_latency(model, lambda: model(x), ["W8A16"], "int8", repeats=2)
-    assert calls["b"] == 1 and calls["a"] > 1 and calls["c"] > 1  # b: only in the run that recorded the inputs
-    assert table["b"] == table["a"] and set(table["c"]) == set(table["a"])
-
-
 def test_pairs_that_run_the_same_kernel_on_the_same_tensors_share_one_timing(tiny, tiny_input) -> None:
     """W4A8 and W8A8 both run the int8 kernel on int8 codes: one timing, so noise cannot rank them apart;
     W4A16 and W8A16 on linears hold int4-packed and int8 weights: timed apart."""
     ranges = calibrate_activations(tiny, TimestepGroups(1), lambda set_step: (set_step(0), tiny(tiny_input)))
-    table = measure_latency(tiny, lambda: tiny(tiny_input), ["W8A8", "W4A8", "W8A16", "W4A16"], "int8", ranges,
+    table, _ = measure_latency(tiny, lambda: tiny(tiny_input), ["W8A8", "W4A8", "W8A16", "W4A16"], "int8", ranges,
                             repeats=2)
     assert table["proj"][Bits(4, 8)] == table["proj"][Bits(8, 8)]
     assert table["proj"][Bits(4, 16)] != table["proj"][Bits(8, 16)]
