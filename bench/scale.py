@@ -1,0 +1,145 @@
+"""Real-size models: a whole study on an SD1.5-size pipeline, stage by stage, next to its plan.
+
+Builds (once, cached under ~/.cache/bitsearch/scale/) a Stable Diffusion 1.5-size pipeline with random
+weights from configs, no download (`workloads.random_pipelines.build_sd`: the UNet of
+`workloads/model_configs/sd15-unet.json`, 860 M parameters, a CLIP ViT-L-size text encoder, a small
+VAE, DDIM), then:
+
+1. `bitsearch plan`'s model (`search.plan`): the predicted time and peak resident memory of each stage;
+2. the study itself, one stage at a time, each timed (wall and process CPU) and its peak resident
+   memory sampled (`quant.resident.PeakResident`): calibration, the estimator, the latency table, the
+   integer program, then the candidates measured on the int8 kernels (and any full evaluations);
+3. per stage: measured vs predicted (ratio), and the whole study's wall time and peak.
+
+Random weights: the images mean nothing and the quality figures are not a result; the time and the
+memory are what a user with a trained model of this size pays on this machine. Targets of issue 16:
+<= 45 min wall and <= 12 GB peak on 2 cores, each stage within 25% of its plan.
+
+    python bench/scale.py                      # 32x32 latents (256 px), 10 steps, 2 groups, 8 candidates
+    python bench/scale.py --latent 16 --steps 4 --trials 2 --eval-samples 1   # a smaller smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+warnings.filterwarnings("ignore")
+
+CACHE = Path(os.environ.get("BITSEARCH_CACHE", Path.home() / ".cache" / "bitsearch")) / "scale"
+CONFIGS = Path(__file__).resolve().parents[1] / "workloads" / "model_configs"
+GB = 1e9
+
+
+def sd15_pipeline(latent: int) -> Path:
+    """The SD1.5-size pipeline directory at `latent` x `latent` latents (built once per size)."""
+    from workloads.random_pipelines import build_sd
+
+    path = CACHE / f"sd15-{latent}"
+    if not (path / "model_index.json").is_file():
+        config = json.loads((CONFIGS / "sd15-unet.json").read_text())
+        config["sample_size"] = latent
+        t0 = time.perf_counter()
+        build_sd(path, unet_config=config, text_layers=12)
+        print(f"built {path} in {time.perf_counter() - t0:.0f} s (random weights, safetensors)")
+    return path
+
+
+@contextmanager
+def stage(rows: list[dict[str, object]], name: str) -> Iterator[None]:
+    from quant.resident import PeakResident
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    with PeakResident() as peak:
+        yield
+    rows.append({"stage": name, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
+                 "peak_gb": peak.peak_bytes / GB})
+    print(f"  {name}: {rows[-1]['wall_s']:.0f} s wall, peak {rows[-1]['peak_gb']:.2f} GB", flush=True)
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--latent", type=int, default=32, help="latent height = width (SD1.5: 64 for 512 px)")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--groups", type=int, default=2, help="timestep groups")
+    ap.add_argument("--trials", type=int, default=8, help="candidates the integer program proposes")
+    ap.add_argument("--estimator", default="gradient")
+    ap.add_argument("--calibration-samples", type=int, default=4)
+    ap.add_argument("--eval-samples", type=int, default=2)
+    ap.add_argument("--baselines", default="W8A8", help="comma-separated (default: uniform W8A8 only)")
+    ap.add_argument("--budget", default="latency=0.8x,memory=0.5x")
+    args = ap.parse_args()
+
+    import torch
+
+    from search.plan import measure_plan, predict
+    from search.spec import StudySpec
+    from search.study import Study
+
+    torch.set_num_threads(1)
+    print(f"# python bench/scale.py {' '.join(sys.argv[1:])}".rstrip())
+    print(f"torch {torch.__version__}, 1 thread, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    model = str(sd15_pipeline(args.latent))
+    spec = StudySpec(model=model, budget=args.budget, estimators=(args.estimator,), num_steps=args.steps,
+                     timestep_groups=args.groups, trials=args.trials, calibration_samples=args.calibration_samples,
+                     eval_samples=args.eval_samples, full_samples=1, baselines=tuple(args.baselines.split(",")),
+                     workload_options=("prompts=[\"a photograph of an astronaut riding a horse\"]",))
+    rows: list[dict[str, object]] = []
+    t0 = time.perf_counter()
+    with stage(rows, "plan"):
+        plan = predict(spec, measure_plan(spec))
+    predicted = {s.name: s for s in plan.stages}
+    with tempfile.TemporaryDirectory() as tmp:
+        with stage(rows, "load + inventory"):
+            study = Study.create("scale", spec, str(Path(tmp) / "scale.db"))
+            layers = study.layers(quiet)
+        with stage(rows, "calibration"):
+            study.cache.activation_ranges(quiet)
+        with stage(rows, f"sensitivity: {args.estimator}"):
+            scores = study.cache.scores(layers, quiet)
+        with stage(rows, "latency table"):
+            study.cache.tables(quiet)
+        with stage(rows, "integer program"):
+            study.problem(layers, scores, quiet)
+        with stage(rows, "all evaluations"):
+            study.run(progress=quiet)
+        evaluations = study.storage.list_evaluations("scale")
+        study.storage.close()
+    total = time.perf_counter() - t0
+
+    def ratio(name: str, key: Callable[[dict[str, object]], float], of: Callable[[object], float]) -> str:
+        p = predicted.get(name)
+        row = next(r for r in rows if r["stage"] == name)
+        return "-" if p is None or not of(p) else f"{key(row) / of(p):.2f}"
+
+    print(f"\nSD1.5-size UNet ({sum(x.params for x in layers) / 1e6:.0f} M parameters in {len(layers)} layers), "
+          f"{args.latent}x{args.latent} latents, {args.steps} steps, {args.groups} groups, {args.estimator}, "
+          f"{len(evaluations)} evaluations")
+    print(f"{'stage':<26}{'wall s':>8}{'cpu s':>8}{'pred s':>8}{'x pred':>8}{'peak GB':>9}{'pred GB':>9}{'x pred':>8}")
+    for r in rows:
+        p = predicted.get(str(r["stage"]))
+        print(f"{r['stage']!s:<26}{r['wall_s']:>8.0f}{r['cpu_s']:>8.0f}"
+              f"{p.seconds if p else float('nan'):>8.0f}{ratio(str(r['stage']), lambda x: float(x['cpu_s']), lambda s: s.seconds):>8}"
+              f"{r['peak_gb']:>9.2f}{p.peak_bytes / GB if p else float('nan'):>9.2f}"
+              f"{ratio(str(r['stage']), lambda x: float(x['peak_gb']) * GB, lambda s: s.peak_bytes):>8}")
+    peak = max(float(r["peak_gb"]) for r in rows)
+    print(f"whole study: {total / 60:.1f} min wall (target <= 45), peak {peak:.2f} GB resident (target <= 12); "
+          f"plan: {plan.total_seconds / 60:.1f} min CPU, peak {plan.peak.peak_bytes / GB:.2f} GB ({plan.peak.name})")
+
+
+if __name__ == "__main__":
+    main()
