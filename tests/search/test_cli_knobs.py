@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from quant.budget import Budget
@@ -23,12 +22,7 @@ SMALL = ["--steps", "4", "--timestep-groups", "2", "--trials", "2", "--eval-samp
          "2", "--full-samples", "2", "--baselines", "W8A8", "--budget", "wbits=6"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():  # type: ignore[no-untyped-def]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)  # no thread count leaks into later tests
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _error_lines(output: str) -> list[str]:

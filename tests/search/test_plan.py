@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from quant.budget import Budget
@@ -26,12 +25,7 @@ STAGES = ("calibration", "sensitivity: kurtosis", "latency table", "each cheap e
           "all evaluations")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():  # type: ignore[no-untyped-def]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)  # no thread count leaks into later tests
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_plan_prints_every_stage_and_dry_run_prints_the_same_writing_nothing(tmp_path: Path) -> None:
