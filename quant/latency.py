@@ -1,12 +1,14 @@
-"""Per-layer latency tables, measured: each quantizable layer timed in isolation at each bit-width,
-with the backend's kernels (`quant.apply`), on the inputs it receives in one real denoiser call.
+"""Per-layer latency tables, measured: each quantizable layer timed at each bit-width with the
+backend's kernels (`quant.apply`), inside real denoiser calls (`measure_latency`); and a candidate's
+calls timed side by side with the same model's float layers (`side_by_side`).
 
 The table (`quant.cost.LatencyTable`: fqn -> Bits -> seconds per denoiser forward, every call of the
 layer in that forward included) is what latency budgets are solved against. A layer's latency is
-additive across layers in this model: it ignores fusion and overlap, so a solved config's latency is
-a prediction; the study's evaluations record the measured one. `full precision` (W16A16) is the
-layer's own float forward. Timing: CPU time of the process (`time.process_time`, every thread counted)
-on CPUs, the median of `repeats` after one warm-up; run it with the thread count the deployment will use.
+additive across layers in this model: it ignores fusion, overlap and the cost of format boundaries, so
+a solved config's latency is a prediction; the study's evaluations record the measured one. `full
+precision` (W16A16) is the layer's own float forward. Timing: CPU time of the process
+(`time.process_time`, every thread counted), medians after a warm-up; run it with the thread count the
+deployment will use.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ def measure_latency(model: nn.Module, run: Callable[[], Any], bits: Sequence[Bit
                     ranges: ActivationRanges | None = None, repeats: int = 5,
                     while_applied: Callable[[Bits, QuantizedModel], None] | None = None) -> tuple[LatencyTable, float]:
     """Seconds per denoiser forward of each layer at each of `bits` (plus full precision), and of the
-    rest of the call (every op outside the quantizable layers). `while_applied(bits, qm)` runs while each pair is applied (e.g. to read
-    what its kernels hold).
+    rest of the call (every op outside the quantizable layers). `while_applied(bits, qm)` runs while each
+    pair is applied (e.g. to read what its kernels hold).
 
     Layers are timed in context: whole calls `run()` with a clock around every quantizable layer
     (`in_context`), so each layer meets the caches a real call leaves it, not its own warm repeats.
