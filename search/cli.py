@@ -794,8 +794,8 @@ def targets(
             r["name"], r["bits"], r["label"], r["latency_ms"], r["latency_x"], r["memory_mb"], r["memory_x"])))
     Console().print(table)
     typer.echo(f"fastest float format: {tables.float_format} ({tables.float_latency_s * 1e3:.3g} ms per call); "
-               "x < 1 is faster or smaller than it. Quantized rows: their layers measured alone plus the rest "
-               "of the call in fp32 (predictions, as the solver uses them).")
+               "x < 1 is faster or smaller than it. Quantized rows: each layer timed inside whole calls beside "
+               "its float forward, plus the rest of the call in fp32 (predictions, as the solver uses them).")
     for r in rows:
         typer.echo(f"  {r['name']}: {r['description']}")
 
