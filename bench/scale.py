@@ -45,10 +45,13 @@ def sd15_pipeline(latent: int) -> Path:
     """The SD1.5-size pipeline directory at `latent` x `latent` latents (built once per size)."""
     from workloads.random_pipelines import build_sd
 
-    path = CACHE / f"sd15-{latent}"
+    path = CACHE / f"sd15-{latent}-v2"  # v2: built with the sample size kept
     if not (path / "model_index.json").is_file():
         config = json.loads((CONFIGS / "sd15-unet.json").read_text())
         config["sample_size"] = latent
+        # the shipped config says diffusers 0.6.0: StableDiffusionPipeline then "fixes" any sample_size under
+        # 64 back to 64 (512 px), which made the first smoke run time 64x64 latents, 13.6 s a call
+        config.pop("_diffusers_version", None)
         t0 = time.perf_counter()
         build_sd(path, unet_config=config, text_layers=12)
         print(f"built {path} in {time.perf_counter() - t0:.0f} s (random weights, safetensors)")
