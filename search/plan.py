@@ -19,9 +19,10 @@
 - sensitivity, per estimator: the one-step time x steps x (a call at batch `n_images` over batch 1:
   estimators run their images as one batch, per step; the decoupled one also per group, which this
   does not count), peak: the one-step peak plus the activations of its extra images;
-- latency table, an upper bound: per bit pair and the float reference, an apply, one warm-up and 5
-  timed passes over the layers (about one call each; `quant.latency` times a layer shape or a kernel met
-  again only once, which this does not count), plus 2 x 22 whole calls (fp32 and a bf16 copy); peak:
+- latency table: per bit pair and the float reference, an apply and 1 + 5 rounds of whole calls, each
+  call made clocked and plain (`quant.latency.in_context`), a quantized pair's calls alternating with
+  the float model's (4 calls a round; the float reference's own pass 2), plus 2 x 22 whole calls (fp32
+  and a bf16 copy); peak:
   the model, a bf16 copy (half), what an applied config holds and one call's activations;
 - each cheap / full evaluation: applying a config, then `eval_samples` (`full_samples`) images x
   `num_steps` calls, the cheap one plus a batch-1 generation recorded and its calls replayed quantized
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
     from sensitivity.base import Estimator
     from workloads.base import Workload
 
-TABLE_REPEATS = 5  # quant.targets.measure_tables' default: 1 warm-up + 5 timed passes per bit pair
+TABLE_REPEATS = 5  # quant.targets.measure_tables' default: 1 warm-up + 5 timed rounds per bit pair
 WHOLE_CALLS = 2 * (4 * TABLE_REPEATS + 2)  # fp32 and bf16 whole calls of measure_tables (with warm-ups)
 TIMED_S = 1.0  # CPU seconds of repeated calls after which a call's time is taken as known
 
@@ -194,11 +195,11 @@ def predict(spec: StudySpec, m: Measured) -> Plan:
                             f"1 image x 1 step measured; {n} images x {steps} steps",
                             "a lighter estimator, or fewer images (estimator option n_images)"))
     if m.measures_latency:
-        passes = (len(spec.bits) + 1) * (TABLE_REPEATS + 1) + WHOLE_CALLS
-        stages.append(Stage("latency table", passes * call.time_at(1) + (len(spec.bits) + 1) * m.apply_s,
+        calls = (2 + 4 * len(spec.bits)) * (TABLE_REPEATS + 1) + WHOLE_CALLS
+        stages.append(Stage("latency table", calls * call.time_at(1) + (len(spec.bits) + 1) * m.apply_s,
                             base + m.weight_bytes // 2 + m.applied_bytes + call.bytes_at(1),
-                            f"at most: {len(spec.bits) + 1} bit pairs applied x {TABLE_REPEATS + 1} passes + "
-                            f"{WHOLE_CALLS} calls (a shape or kernel met again is not timed again)",
+                            f"{len(spec.bits) + 1} bit pairs applied; {calls} whole calls (each pair beside "
+                            "the float model, clocked and plain)",
                             "a smaller model (the table applies it whole)"))
     # the latency: one image's calls recorded, then replayed quantized and float side by side
     timed = 2 * generation(1, True) + steps * call.time_at(1)

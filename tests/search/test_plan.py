@@ -79,8 +79,8 @@ def test_stages_follow_the_documented_model() -> None:
     # sensitivity: one step x 8 steps x (call at batch 3 / batch 1 = 2 / 1); peak + 2 images' activations
     assert by["sensitivity: kurtosis"].seconds == pytest.approx(4.0 * 8 * 2.0)
     assert by["sensitivity: kurtosis"].peak_bytes == 1_000_000_000 + 350_000_000 + 100_000_000
-    # latency table: 6 pairs x 6 passes + 44 whole calls, plus 6 applies
-    assert by["latency table"].seconds == pytest.approx(6 * 6 + 44 + 6 * 3.0)
+    # latency table: 6 rounds of 2 float calls + 5 quantized pairs x 4 calls, 44 whole calls, 6 applies
+    assert by["latency table"].seconds == pytest.approx((2 + 5 * 4) * 6 + 44 + 6 * 3.0)
     # a cheap evaluation: apply + 2 images x 8 quantized calls (1.5x as long) + 1 image recorded, then its
     # 8 calls replayed quantized and float (priced as one more quantized image and 8 float calls)
     cheap = 3.0 + (8 * 1.5 * 1.5 + 2 * 0.25) + 2 * (8 * 1.0 * 1.5 + 0.25) + 8 * 1.0
