@@ -15,13 +15,21 @@ Random weights: the images mean nothing and the quality figures are not a result
 memory are what a user with a trained model of this size pays on this machine. Targets of issue 16:
 <= 45 min wall and <= 12 GB peak on 2 cores, each stage within 25% of its plan.
 
+`--arch pixart` does the same for a PixArt-alpha-size transformer (`model_configs/pixart-alpha.json`,
+a T5-XXL-width text encoder of 2 layers); `--arch sdxl` for an SDXL-size UNet (`sdxl-unet.json`) runs the
+inventory, calibration, latency table and integer program only (scored by the `naive` estimator: no
+model run) and prints the plan's estimate of the whole study.
+
     python bench/scale.py                      # 32x32 latents (256 px), 10 steps, 2 groups, 8 candidates
-    python bench/scale.py --latent 16 --steps 4 --trials 2 --eval-samples 1   # a smaller smoke run
+    python bench/scale.py --arch pixart        # the same, PixArt-alpha-size
+    python bench/scale.py --arch sdxl          # SDXL-size: no sensitivity or evaluations
+    python bench/scale.py --latent 8 --steps 2 --trials 1 --eval-samples 1   # a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -30,6 +38,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -41,19 +50,53 @@ CONFIGS = Path(__file__).resolve().parents[1] / "workloads" / "model_configs"
 GB = 1e9
 
 
-def sd15_pipeline(latent: int) -> Path:
-    """The SD1.5-size pipeline directory at `latent` x `latent` latents (built once per size)."""
+@dataclass(frozen=True)
+class Arch:
+    """A real-size denoiser: its shipped config, how a pipeline around it is built, what the bench runs."""
+
+    label: str
+    config: str  # a file of workloads/model_configs
+    size_key: str  # the config key holding the latent size
+    build: Callable[[Path, dict[str, object]], object]
+    whole_study: bool  # False: inventory, calibration, latency table and integer program only
+
+
+def _build_sd15(path: Path, config: dict[str, object]) -> object:
     from workloads.random_pipelines import build_sd
 
-    path = CACHE / f"sd15-{latent}-v2"  # v2: built with the sample size kept
+    return build_sd(path, unet_config=config, text_layers=12)
+
+
+def _build_pixart(path: Path, config: dict[str, object]) -> object:
+    from workloads.random_pipelines import build_pixart
+
+    return build_pixart(path, transformer_config=config, text_layers=2)
+
+
+def _build_sdxl(path: Path, config: dict[str, object]) -> object:
+    from workloads.random_pipelines import build_sdxl
+
+    return build_sdxl(path, unet_config=config, text_layers=2)
+
+
+ARCHS = {
+    "sd15": Arch("SD1.5-size UNet", "sd15-unet.json", "sample_size", _build_sd15, True),
+    "pixart": Arch("PixArt-alpha-size transformer", "pixart-alpha.json", "sample_size", _build_pixart, True),
+    "sdxl": Arch("SDXL-size UNet", "sdxl-unet.json", "sample_size", _build_sdxl, False),
+}
+
+
+def pipeline(arch: str, latent: int) -> Path:
+    """The `arch` pipeline directory at `latent` x `latent` latents (built once per size)."""
+    path = CACHE / f"{arch}-{latent}-v2"  # v2: built with the sample size kept
     if not (path / "model_index.json").is_file():
-        config = json.loads((CONFIGS / "sd15-unet.json").read_text())
-        config["sample_size"] = latent
-        # the shipped config says diffusers 0.6.0: StableDiffusionPipeline then "fixes" any sample_size under
-        # 64 back to 64 (512 px), which made the first smoke run time 64x64 latents, 13.6 s a call
+        config = json.loads((CONFIGS / ARCHS[arch].config).read_text())
+        config[ARCHS[arch].size_key] = latent
+        # the shipped SD1.5 config says diffusers 0.6.0: StableDiffusionPipeline then "fixes" any sample_size
+        # under 64 back to 64 (512 px), which made the first smoke run time 64x64 latents, 13.6 s a call
         config.pop("_diffusers_version", None)
         t0 = time.perf_counter()
-        build_sd(path, unet_config=config, text_layers=12)
+        ARCHS[arch].build(path, config)
         print(f"built {path} in {time.perf_counter() - t0:.0f} s (random weights, safetensors)")
     return path
 
@@ -76,51 +119,64 @@ def quiet(_message: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="sd15")
     ap.add_argument("--latent", type=int, default=32, help="latent height = width (SD1.5: 64 for 512 px)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--groups", type=int, default=2, help="timestep groups")
     ap.add_argument("--trials", type=int, default=8, help="candidates the integer program proposes")
-    ap.add_argument("--estimator", default="gradient")
+    ap.add_argument("--estimator", default=None,
+                    help="default: gradient (the study's default); sdxl: kurtosis, whose plan fits 24 GB")
     ap.add_argument("--calibration-samples", type=int, default=4)
     ap.add_argument("--eval-samples", type=int, default=2)
     ap.add_argument("--baselines", default="W8A8", help="comma-separated (default: uniform W8A8 only)")
+    ap.add_argument("--bits", default=None, help="candidate bit pairs (default: the study's)")
     ap.add_argument("--budget", default="latency=0.8x,memory=0.5x")
     args = ap.parse_args()
+    arch = ARCHS[args.arch]
+    estimator = args.estimator or ("gradient" if arch.whole_study else "kurtosis")
 
     import torch
 
     from search.plan import measure_plan, predict
     from search.spec import StudySpec
     from search.study import Study
+    from sensitivity.base import get_estimator
 
     torch.set_num_threads(1)
     print(f"# python bench/scale.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"torch {torch.__version__}, 1 thread, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    model = str(sd15_pipeline(args.latent))
-    spec = StudySpec(model=model, budget=args.budget, estimators=(args.estimator,), num_steps=args.steps,
+    model = str(pipeline(args.arch, args.latent))
+    bits = {} if args.bits is None else {"bits": tuple(args.bits.split(","))}
+    spec = StudySpec(model=model, budget=args.budget, estimators=(estimator,), num_steps=args.steps,
                      timestep_groups=args.groups, trials=args.trials, calibration_samples=args.calibration_samples,
                      eval_samples=args.eval_samples, full_samples=1, baselines=tuple(args.baselines.split(",")),
-                     workload_options=("prompts=[\"a photograph of an astronaut riding a horse\"]",))
+                     workload_options=("prompts=[\"a photograph of an astronaut riding a horse\"]",), **bits)
     rows: list[dict[str, object]] = []
     t0 = time.perf_counter()
     with stage(rows, "plan"):
         plan = predict(spec, measure_plan(spec))
+        gc.collect()  # the plan's pipeline (reference cycles) goes before the study loads its own
     predicted = {s.name: s for s in plan.stages}
+    evaluations: list[object] = []
     with tempfile.TemporaryDirectory() as tmp:
         with stage(rows, "load + inventory"):
             study = Study.create("scale", spec, str(Path(tmp) / "scale.db"))
             layers = study.layers(quiet)
         with stage(rows, "calibration"):
             study.cache.activation_ranges(quiet)
-        with stage(rows, f"sensitivity: {args.estimator}"):
-            scores = study.cache.scores(layers, quiet)
+        if arch.whole_study:
+            with stage(rows, f"sensitivity: {estimator}"):
+                scores = study.cache.scores(layers, quiet)
+        else:  # no model run: what the integer program costs, not what its answer is worth
+            scores = [get_estimator("naive").estimate(study.cache._workload(), layers, list(spec.bits), spec.groups)]
         with stage(rows, "latency table"):
             study.cache.tables(quiet)
-        with stage(rows, "integer program"):
+        with stage(rows, "integer program" if arch.whole_study else "integer program (naive scores)"):
             study.problem(layers, scores, quiet)
-        with stage(rows, "all evaluations"):
-            study.run(progress=quiet)
-        evaluations = study.storage.list_evaluations("scale")
+        if arch.whole_study:
+            with stage(rows, "all evaluations"):
+                study.run(progress=quiet)
+            evaluations = list(study.storage.list_evaluations("scale"))
         study.storage.close()
     total = time.perf_counter() - t0
 
@@ -129,8 +185,8 @@ def main() -> None:
         row = next(r for r in rows if r["stage"] == name)
         return "-" if p is None or not of(p) else f"{key(row) / of(p):.2f}"
 
-    print(f"\nSD1.5-size UNet ({sum(x.params for x in layers) / 1e6:.0f} M parameters in {len(layers)} layers), "
-          f"{args.latent}x{args.latent} latents, {args.steps} steps, {args.groups} groups, {args.estimator}, "
+    print(f"\n{arch.label} ({sum(x.params for x in layers) / 1e6:.0f} M parameters in {len(layers)} layers), "
+          f"{args.latent}x{args.latent} latents, {args.steps} steps, {args.groups} groups, {estimator}, "
           f"{len(evaluations)} evaluations")
     print(f"{'stage':<26}{'wall s':>8}{'cpu s':>8}{'pred s':>8}{'x pred':>8}{'peak GB':>9}{'pred GB':>9}{'x pred':>8}")
     for r in rows:
@@ -140,8 +196,10 @@ def main() -> None:
               f"{r['peak_gb']:>9.2f}{p.peak_bytes / GB if p else float('nan'):>9.2f}"
               f"{ratio(str(r['stage']), lambda x: float(x['peak_gb']) * GB, lambda s: s.peak_bytes):>8}")
     peak = max(float(r["peak_gb"]) for r in rows)
-    print(f"whole study: {total / 60:.1f} min wall (target <= 45), peak {peak:.2f} GB resident (target <= 12); "
-          f"plan: {plan.total_seconds / 60:.1f} min CPU, peak {plan.peak.peak_bytes / GB:.2f} GB ({plan.peak.name})")
+    ran = "whole study" if arch.whole_study else "stages above"
+    print(f"{ran}: {total / 60:.1f} min wall (target <= 45), peak {peak:.2f} GB resident (target <= 12); "
+          f"plan of the whole study: {plan.total_seconds / 60:.1f} min CPU, peak {plan.peak.peak_bytes / GB:.2f} GB "
+          f"({plan.peak.name})")
 
 
 if __name__ == "__main__":

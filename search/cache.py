@@ -70,10 +70,21 @@ class StudyCache:
 
         def compute() -> ActivationRanges:
             progress(f"calibration: {self.spec.calibration_samples} images x {self.spec.num_steps} steps")
+            from tqdm.auto import tqdm
+
             wl = self._workload()
             per_step = TimestepGroups.uniform(self.spec.num_steps, self.spec.num_steps)  # serves any grouping
-            return calibrate_activations(wl.denoiser, per_step,
-                                         wl.calibration_run(wl.batch(self.spec.calibration_samples, "calibration")))
+            run = wl.calibration_run(wl.batch(self.spec.calibration_samples, "calibration"))
+
+            def counted(set_step: Callable[[int], None]) -> None:  # a bar over the denoiser calls, with its ETA
+                with tqdm(total=self.spec.num_steps, desc="calibration", unit="call", leave=False) as bar:
+                    def step(i: int) -> None:
+                        bar.update(max(0, i + 1 - bar.n))  # calls begun
+                        set_step(i)
+
+                    run(step)
+
+            return calibrate_activations(wl.denoiser, per_step, counted)
 
         def load() -> ActivationRanges | None:
             stored = self.get_json("activation_ranges")

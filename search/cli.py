@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from rich.progress import ProgressColumn, Task
+from rich.text import Text
 from typer.core import TyperGroup
 
 # Format names for help and checks come from the format registries (a light import: no torch).
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from quant.layers import Layer
     from search.executors.base import Executor
     from search.front import FrontPoint
+    from search.plan import Plan
     from search.study import Study
     from storage import Storage
 
@@ -444,20 +447,21 @@ def launch(
              "full_samples": full_samples, "calibration_samples": calibration_samples, "seed": seed,
              "backend": backend, "workload_options": options or None,
              "estimator_options": None if estimator_option is None else tuple(estimator_option)}
+    planned: Plan | None = None
     try:  # options not given take the spec's defaults
         spec = StudySpec(**{k: v for k, v in given.items() if v is not None})
         runner = _executor(executor, workers, threads_per_worker, ray_address, heartbeat_timeout)
         if dry_run or memory_limit is not None:
-            _plan(spec, memory_limit, threads_per_worker)
+            planned = _plan(spec, memory_limit, threads_per_worker)
             if dry_run:
                 return
         study = Study.create(name, spec, db)
     except (BitsearchError, ValueError) as e:  # ValueError: solvers' own option checks (not ours yet)
         _fail(e)
-    _run(study, runner, threads_per_worker, max_seconds)
+    _run(study, runner, threads_per_worker, max_seconds, planned)
 
 
-def _plan(spec: StudySpec, memory_limit: str | None, threads: int) -> None:
+def _plan(spec: StudySpec, memory_limit: str | None, threads: int) -> Plan:
     """Measure and print `spec`'s plan; refuse (one line naming the stage) one that will not fit."""
     from rich.console import Console
     from rich.table import Table
@@ -486,6 +490,7 @@ def _plan(spec: StudySpec, memory_limit: str | None, threads: int) -> None:
                f"{' (available now)' if memory_limit is None else ''}. Measured: one denoiser call "
                f"{m.call.seconds[0] * 1e3:.3g} ms at batch 1, the process with the model loaded {_size(m.loaded_bytes)}.")
     check_fits(plan, limit)
+    return plan
 
 
 def _duration(seconds: float) -> str:
@@ -502,7 +507,7 @@ def plan(**options: Any) -> None:  # noqa: ANN401  (typer passes launch's option
 
     Takes launch's options (what is searched, and the threads it runs with). Loads the model and measures
     one denoiser call (after a warm-up), one calibration call, one applied config and one estimator step
-    (1 image, 1 step), then prints each stage (calibration, sensitivity, latency table, each evaluation,
+    (1 image, 2 steps), then prints each stage (calibration, sensitivity, latency table, each evaluation,
     all evaluations) with its predicted CPU time and peak resident memory. A study whose predicted peak
     exceeds --memory-limit (default: the machine's available memory) is refused, in one line naming the
     stage. The model of each stage is written in search/plan.py. `launch --dry-run` prints the same.
@@ -1000,25 +1005,34 @@ def _check_output(path: str, option: str) -> None:
 
 class _StudyProgress:
     """Rich progress bars of a running study's evaluations per fidelity (polled from the database,
-    so evaluations by Ray workers count too), with the study's messages printed above them."""
+    so evaluations by Ray workers count too), each with its time left, and the study's messages printed
+    above them. With a plan (`launch --memory-limit`), each stage's message carries the plan's prediction
+    and the bars' time left is the plan's until their own pace is known."""
 
-    def __init__(self, study: Study) -> None:
+    def __init__(self, study: Study, plan: Plan | None = None) -> None:
         import threading
 
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.study = study
-        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), console=Console(stderr=True), transient=False)
         from search.evaluation import CHEAP, FULL
 
-        self.tasks = {f: self.bars.add_task(f"{f} evaluations", total=None, visible=False) for f in (CHEAP, FULL)}
+        self.study = study
+        self.predicted = {} if plan is None else {s.name: s.seconds for s in plan.stages}
+        each = {f: self.predicted.get(f"each {f} evaluation") for f in (CHEAP, FULL)}
+        # a pace measured over the whole run: an evaluation of a big model takes minutes, rich's default is 30 s
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), _TimeLeft(each), console=Console(stderr=True), transient=False,
+                             speed_estimate_period=24 * 3600)
+        self.tasks = {f: self.bars.add_task(f"{f} evaluations", total=None, visible=False, fidelity=f)
+                      for f in (CHEAP, FULL)}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="study-progress", daemon=True)
 
     def message(self, text: str) -> None:
-        self.bars.console.print(f"· {text}", highlight=False)
+        seconds = self.predicted.get(_plan_stage(text))
+        note = "" if seconds is None else f" (plan: about {_duration(seconds)})"
+        self.bars.console.print(f"· {text}{note}", highlight=False)
 
     def _poll(self) -> None:
         while not self._stop.wait(0.5):
@@ -1044,14 +1058,14 @@ class _StudyProgress:
         self.bars.stop()
 
 
-def _run(study: Study, executor: Executor, threads: int, max_seconds: float | None) -> None:
+def _run(study: Study, executor: Executor, threads: int, max_seconds: float | None, plan: Plan | None = None) -> None:
     from search.executors import pin_threads
 
     pin_threads(threads)  # the coordinator's own stages too: oversubscribed threads ran 50x slower here
     from quant.config import ConfigError
 
     try:
-        with _StudyProgress(study) as bars:
+        with _StudyProgress(study, plan) as bars:
             study.run(progress=bars.message, max_seconds=max_seconds, executor=executor)
     except ConfigError as e:  # e.g. a latency budget below what the target's measured tables allow
         _fail(e)
@@ -1059,6 +1073,33 @@ def _run(study: Study, executor: Executor, threads: int, max_seconds: float | No
         typer.echo(f"study {study.name} finished; see `bitsearch pareto {study.name}`")
     else:
         typer.echo(f"study {study.name} stopped with candidates left; continue with `bitsearch resume {study.name}`")
+
+
+def _plan_stage(message: str) -> str:
+    """The plan's name of the stage a study's message starts ("calibration: ...", "sensitivity: gradient
+    over ...", "target tables: ...")."""
+    if message.startswith("target tables:"):
+        return "latency table"
+    head = message.split(" over ")[0]
+    return head if head.startswith("sensitivity:") else head.split(":")[0]
+
+
+class _TimeLeft(ProgressColumn):
+    """A bar's time left: from its own pace once an item is done, before that from the plan's time of
+    one item (`each`, per fidelity), if a plan was made."""
+
+    def __init__(self, each: dict[str, float | None]) -> None:
+        super().__init__()
+        self.each = each
+
+    def render(self, task: Task) -> Text:
+        from datetime import timedelta
+
+        left = task.time_remaining if task.completed else None
+        each = self.each.get(str(task.fields.get("fidelity")))
+        if left is None and each is not None and task.total is not None:
+            left = each * (task.total - task.completed)
+        return Text("left " + ("-:--:--" if left is None else str(timedelta(seconds=int(left)))), style="progress.remaining")
 
 
 # run labels as a front's `formats` column shows them (the note under the table spells them out)

@@ -9,10 +9,10 @@
   (time and activations are affine in the batch); the sampler's own batching (classifier-free
   guidance) is inside the call, as the workload makes it;
 - one calibration call (the same call with the range observers hooked: their overhead), one config
-  applied (its seconds, what it holds, one quantized call), one 1-step generation of 1 and of 2 images
-  (the sampler's work besides the denoiser: encoders, decoder);
-- one estimator step per estimator of the study: the estimator run for real on 1 image and 1 step
-  (1 timestep group), its CPU seconds and peak resident rise.
+  applied (its seconds, what it holds, one quantized call), one 2-step generation of 1 and of 2 images
+  less their denoiser calls (the sampler's work besides the denoiser: encoders, decoder);
+- one estimator step per estimator of the study: the estimator run for real on 1 image and 2 steps
+  (1 timestep group), half its CPU seconds and its peak resident rise.
 
 `predict(spec, measured)` turns those into stages, each a (seconds, peak resident bytes) pair:
 - calibration: `calibration_samples` images in one batch, `num_steps` calls, observers hooked;
@@ -60,6 +60,9 @@ if TYPE_CHECKING:
 TABLE_REPEATS = 5  # quant.targets.measure_tables' default: 1 warm-up + 5 timed rounds per bit pair
 WHOLE_CALLS = 2 * (4 * TABLE_REPEATS + 2)  # fp32 and bf16 whole calls of measure_tables (with warm-ups)
 TIMED_S = 1.0  # CPU seconds of repeated calls after which a call's time is taken as known
+# Generations and estimator steps are measured on 2-step runs: the fewest every pipeline samples (PixArt's
+# pipelines take a 1-step run for a distilled one-step sampler and index a scheduler output DPM-Solver lacks)
+MEASURED_STEPS = 2
 
 
 @dataclass(frozen=True)
@@ -158,12 +161,13 @@ def measure_plan(spec: StudySpec) -> Measured:
             quantized_s = _time_call(partial(_forward, denoiser, one))[0]
     steps: dict[str, tuple[float, int]] = {}
     images: dict[str, int] = {}
-    with _one_step(workload):
-        generation = [_run(partial(workload.generate, workload.batch(n)))[0] - call.time_at(n) for n in (1, 2)]
+    with _sampling_steps(workload, MEASURED_STEPS):
+        generation = [_run(partial(workload.generate, workload.batch(n)))[0] - MEASURED_STEPS * call.time_at(n)
+                      for n in (1, 2)]
         for name in spec.estimators:
             estimator, n = _estimator(spec, name)
-            steps[name] = _run(partial(estimator.estimate, workload, layers, list(spec.bits), 1))
-            images[name] = n
+            seconds, peak = _run(partial(estimator.estimate, workload, layers, list(spec.bits), 1))
+            steps[name], images[name] = (seconds / MEASURED_STEPS, peak), n
     baselines = sum(len(baseline_configs([b], spec.bits, spec.groups, layers)) for b in spec.baselines)
     return Measured(loaded, storage_bytes([*denoiser.parameters(), *denoiser.buffers()]), call,
                     calibration / max(call.seconds[0], 1e-9), (max(0.0, generation[0]), max(0.0, generation[1])), apply_s,
@@ -192,7 +196,7 @@ def predict(spec: StudySpec, m: Measured) -> Plan:
         # its images run as one batch: a step of n images costs what a call of batch n costs over batch 1
         stages.append(Stage(f"sensitivity: {name}", seconds * steps * call.time_at(n) / max(call.time_at(1), 1e-9),
                             base + peak + call.bytes_at(n) - call.bytes_at(1),
-                            f"1 image x 1 step measured; {n} images x {steps} steps",
+                            f"1 image x {MEASURED_STEPS} steps measured; {n} images x {steps} steps",
                             "a lighter estimator, or fewer images (estimator option n_images)"))
     if m.measures_latency:
         calls = (2 + 4 * len(spec.bits)) * (TABLE_REPEATS + 1) + WHOLE_CALLS
@@ -337,10 +341,10 @@ def _estimator(spec: StudySpec, name: str) -> tuple[Estimator, int]:
 
 
 @contextmanager
-def _one_step(workload: Workload) -> Iterator[None]:
-    """The workload sampling 1 step inside the block (a Workload reads `num_steps` at each generate)."""
+def _sampling_steps(workload: Workload, steps: int) -> Iterator[None]:
+    """The workload sampling `steps` steps inside the block (a Workload reads `num_steps` at each generate)."""
     saved = workload.num_steps
-    workload.num_steps = 1
+    workload.num_steps = steps
     try:
         yield
     finally:

@@ -2,8 +2,9 @@
 (safetensors), with no hub: tokenizers are built from an alphabet, every model from its config.
 
 The tests build tiny ones (`tests/workloads/conftest.py`) to check plumbing (loading, seeds, step hooks,
-quantization), never image quality; `bench/scale.py` builds a Stable Diffusion 1.5-size one (its UNet
-from `workloads/model_configs/sd15-unet.json`, a CLIP ViT-L-size text encoder) to time a whole study.
+quantization), never image quality; `bench/scale.py` builds real-size ones from the shipped configs
+(`workloads/model_configs/`: SD1.5's and SDXL's UNets, PixArt-alpha's transformer; real-width text
+encoders with fewer layers) to time a whole study.
 """
 
 from __future__ import annotations
@@ -93,20 +94,29 @@ def build_sd(path: Path, v2: bool = False, unet_config: dict[str, object] | None
     return path
 
 
-def build_sdxl(path: Path) -> Path:
-    """SDXL-style: two CLIP text encoders (the second with projection), text_time conditioning."""
+def build_sdxl(path: Path, unet_config: dict[str, object] | None = None, text_layers: int = 2) -> Path:
+    """SDXL-style: two CLIP text encoders (the second with projection), text_time conditioning.
+    `unet_config`: a real UNet's config instead of the tiny one (e.g. `model_configs/sdxl-unet.json`);
+    the text encoders then get SDXL's widths (CLIP ViT-L 768 and OpenCLIP bigG 1280) and `text_layers`
+    layers each."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64, attention_head_dim=4, norm_num_groups=4, transformer_layers_per_block=(1, 2),
-        addition_embed_type="text_time", addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + 32, use_linear_projection=True,
-    )
+    if unet_config is None:
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64, attention_head_dim=4,
+            norm_num_groups=4, transformer_layers_per_block=(1, 2), addition_embed_type="text_time",
+            addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32, use_linear_projection=True,
+        )
+        widths = (32, 32)
+    else:
+        unet = UNet2DConditionModel.from_config(unet_config)
+        widths = (768, 1280)  # their concatenation is the UNet's cross_attention_dim (2048)
     pipe: Any = StableDiffusionXLPipeline(
-        vae=_vae(), text_encoder=_clip_text(False), text_encoder_2=_clip_text(True),
+        vae=_vae(), text_encoder=_clip_text(False, widths[0], text_layers),
+        text_encoder_2=_clip_text(True, widths[1], text_layers),
         tokenizer=_clip_tokenizer(), tokenizer_2=_clip_tokenizer(), unet=unet,
         scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                          timestep_spacing="leading", steps_offset=1),
@@ -115,9 +125,13 @@ def build_sdxl(path: Path) -> Path:
     return path
 
 
-def build_pixart(path: Path, sigma: bool = False) -> Path:
+def build_pixart(path: Path, sigma: bool = False, transformer_config: dict[str, object] | None = None,
+                 text_layers: int = 2) -> Path:
     """PixArt-alpha-style: PixArtTransformer2DModel (adaLN-single DiT) + T5 encoder + DPM-Solver++.
-    `sigma`: the same components in a PixArtSigmaPipeline."""
+    `sigma`: the same components in a PixArtSigmaPipeline. `transformer_config`: a real transformer's
+    config instead of the tiny one (e.g. `model_configs/pixart-alpha.json`); the T5 encoder then gets
+    T5-XXL's width (4096, the transformer's caption_channels) with `text_layers` layers and a narrow
+    feed-forward (1024; T5-XXL's is 10240): the text encoder runs once per image, not per step."""
     from diffusers import (
         DPMSolverMultistepScheduler,
         PixArtAlphaPipeline,
@@ -127,15 +141,20 @@ def build_pixart(path: Path, sigma: bool = False) -> Path:
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(0)
-    transformer = PixArtTransformer2DModel(
-        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3,
-        caption_channels=32, in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True,
-        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
-        norm_elementwise_affine=False, norm_eps=1e-6,
-    )
+    if transformer_config is None:
+        transformer = PixArtTransformer2DModel(
+            sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3,
+            caption_channels=32, in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True,
+            activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+            norm_elementwise_affine=False, norm_eps=1e-6,
+        )
+        width, ff, head, heads = 32, 37, 8, 4
+    else:
+        transformer = PixArtTransformer2DModel.from_config(transformer_config)
+        width, ff, head, heads = int(str(transformer_config["caption_channels"])), 1024, 64, 64
     token_ids: dict[str, Any] = {"decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1}  # PretrainedConfig's
-    t5 = T5EncoderModel(T5Config(vocab_size=70, d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
-                                 relative_attention_num_buckets=8, **token_ids))
+    t5 = T5EncoderModel(T5Config(vocab_size=70, d_model=width, d_ff=ff, d_kv=head, num_heads=heads,
+                                 num_layers=text_layers, relative_attention_num_buckets=8, **token_ids))
     pipe: Any = (PixArtSigmaPipeline if sigma else PixArtAlphaPipeline)(
         tokenizer=_t5_tokenizer(), text_encoder=t5, vae=_vae(), transformer=transformer,
         scheduler=DPMSolverMultistepScheduler(),

@@ -119,3 +119,28 @@ def test_calibration_prediction_is_within_a_factor_2_of_the_study(tmp_path: Path
     took = time.process_time() - t0
     print(f"calibration: predicted {predicted.seconds:.3f} s, took {took:.3f} s, ratio {took / predicted.seconds:.2f}")
     assert 0.5 <= took / predicted.seconds <= 2.0
+
+
+def test_launch_with_a_plan_shows_each_stage_s_prediction_as_it_starts(tmp_path: Path) -> None:
+    """`launch --memory-limit` plans first; each stage's message then carries the plan's time (the stage
+    names of the study's messages and of the plan are matched, so a renamed message would fail here)."""
+    db = tmp_path / "p.db"
+    out = CliRunner().invoke(app, ["launch", "--name", "p", "--db", str(db), "--memory-limit", "1000GB",
+                                   "--max-seconds", "0", *SMALL])
+    assert out.exit_code == 0, out.output
+    started = [" ".join(m.split()) for m in out.output.split("· ")[1:]]  # the console wraps long messages
+    for prefix in ("calibration:", "sensitivity: kurtosis over", "target tables:"):
+        message = next((m for m in started if m.startswith(prefix)), None)
+        assert message is not None and "(plan: about " in message, (prefix, started)
+
+
+def test_time_left_is_the_plan_s_until_the_bar_s_own_pace_is_known() -> None:
+    from rich.progress import Progress
+
+    from search.cli import _TimeLeft
+
+    bars = Progress()
+    planned, unplanned = bars.add_task("a", total=4, fidelity="cheap"), bars.add_task("b", total=4, fidelity="full")
+    column = _TimeLeft({"cheap": 30.0, "full": None})
+    assert column.render(bars.tasks[planned]).plain == "left 0:02:00"  # 4 x 30 s, none done yet
+    assert column.render(bars.tasks[unplanned]).plain == "left -:--:--"  # no plan, no pace yet
