@@ -435,6 +435,7 @@ def launch(
         bitsearch launch --name big --model ./sd15 --resolution 256 --dtype bfloat16 --dry-run
     """
     from quant.errors import BitsearchError
+    from search.sizing import sized_spec
     from search.study import Study
 
     named = {"resolution": resolution, "guidance": guidance, "prompts": prompts, "scheduler": scheduler,
@@ -449,10 +450,12 @@ def launch(
              "estimator_options": None if estimator_option is None else tuple(estimator_option)}
     planned: Plan | None = None
     try:  # options not given take the spec's defaults
-        spec = StudySpec(**{k: v for k, v in given.items() if v is not None})
+        spec, sized = sized_spec(given)
+        if sized:
+            _progress(sized)
         runner = _executor(executor, workers, threads_per_worker, ray_address, heartbeat_timeout)
         if dry_run or memory_limit is not None:
-            planned = _plan(spec, memory_limit, threads_per_worker)
+            planned = _plan(spec, memory_limit, threads_per_worker, runner.parallelism)
             if dry_run:
                 return
         study = Study.create(name, spec, db)
@@ -461,7 +464,7 @@ def launch(
     _run(study, runner, threads_per_worker, max_seconds, planned)
 
 
-def _plan(spec: StudySpec, memory_limit: str | None, threads: int) -> Plan:
+def _plan(spec: StudySpec, memory_limit: str | None, threads: int, workers: int) -> Plan:
     """Measure and print `spec`'s plan; refuse (one line naming the stage) one that will not fit."""
     from rich.console import Console
     from rich.table import Table
@@ -473,7 +476,7 @@ def _plan(spec: StudySpec, memory_limit: str | None, threads: int) -> Plan:
     pin_threads(threads)  # measured at the thread count the study will run with
     _progress("plan: loading the model, timing one denoiser call, one calibration call, one applied config "
               "and one estimator step")
-    plan = predict(spec, measure_plan(spec))
+    plan = predict(spec, measure_plan(spec), workers)
     import gc
 
     gc.collect()  # the plan's model (pipelines hold reference cycles) goes before a study loads its own
@@ -505,7 +508,8 @@ def _size(nbytes: float) -> str:
 def plan(**options: Any) -> None:  # noqa: ANN401  (typer passes launch's options by name)
     """Predict a study's time and peak memory per stage before running it, and refuse one that will not fit.
 
-    Takes launch's options (what is searched, and the threads it runs with). Loads the model and measures
+    Takes launch's options (what is searched, and the threads and workers it runs with: with --workers N
+    the evaluations' peak counts N models, one per Ray worker). Loads the model and measures
     one denoiser call (after a warm-up), one calibration call, one applied config and one estimator step
     (1 image, 2 steps), then prints each stage (calibration, sensitivity, latency table, each evaluation,
     all evaluations) with its predicted CPU time and peak resident memory. A study whose predicted peak
@@ -521,7 +525,7 @@ def plan(**options: Any) -> None:  # noqa: ANN401  (typer passes launch's option
 
 # plan takes launch's options but the name, --dry-run and how evaluations are executed: typer reads them
 # from this signature (one definition of each option, launch's)
-_NOT_PLANNED = {"name", "dry_run", "db", "executor", "workers", "ray_address", "heartbeat_timeout", "max_seconds"}
+_NOT_PLANNED = {"name", "dry_run", "db", "executor", "ray_address", "heartbeat_timeout", "max_seconds"}
 _LAUNCH = pyinspect.signature(launch, eval_str=True)
 plan.__signature__ = _LAUNCH.replace(  # type: ignore[attr-defined]
     parameters=[p for p in _LAUNCH.parameters.values() if p.name not in _NOT_PLANNED])

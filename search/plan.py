@@ -32,7 +32,9 @@
   by the 1-step generations; metrics are not counted; peak: the
   model, what the applied config holds (measured) and one call's activations;
 - all evaluations: the full-precision reference, every baseline and trial cheaply, and at most as many
-  full evaluations (none where the workload has no alignment or distribution metric).
+  full evaluations (none where the workload has no alignment or distribution metric); with W Ray
+  workers, each a process that loads its own model: the time over W, the peak W evaluations' peaks
+  plus the coordinator without its model (it lets it go before the workers start).
 
 Times are CPU seconds of the process (every thread counted): wall time on one thread. A plan is a model
 with stated assumptions, not a measurement: `bitsearch plan` prints it, `launch --dry-run` too.
@@ -176,8 +178,9 @@ def measure_plan(spec: StudySpec) -> Measured:
                     not get_backend(spec.backend).simulates)
 
 
-def predict(spec: StudySpec, m: Measured) -> Plan:
-    """The stages of a study of `spec` from the measurements `m` (see the module docstring)."""
+def predict(spec: StudySpec, m: Measured, workers: int = 1) -> Plan:
+    """The stages of a study of `spec` from the measurements `m` (see the module docstring), its
+    evaluations run by `workers` workers (more than 1: Ray actors, each a process with its model)."""
     call, steps, base = m.call, spec.num_steps, m.loaded_bytes
 
     def generation(images: int, quantized: bool) -> float:
@@ -223,7 +226,10 @@ def predict(spec: StudySpec, m: Measured) -> Plan:
         how += f" + at most {m.evaluations} full"
     else:
         how += "; no full evaluation (the workload has no alignment or distribution metric)"
-    stages.append(Stage("all evaluations", total, peak, how, "fewer eval_samples or full_samples"))
+    if workers > 1:  # each worker holds a model and its evaluation; the coordinator has let its model go
+        total, peak = total / workers, workers * peak + max(0, base - m.weight_bytes)
+        how += f"; {workers} Ray workers at once, a model each (time: wall, each worker's CPU)"
+    stages.append(Stage("all evaluations", total, peak, how, "fewer eval_samples or full_samples, or fewer workers"))
     return Plan(spec, m, tuple(stages))
 
 

@@ -48,6 +48,7 @@ class Study:
         self._workload = workload
         self.cache = StudyCache(name, spec, storage, lambda: self.workload)
         self._evaluator: StudyEvaluator | None = None
+        self._full_families: set[str] | None = None
 
     @classmethod
     def create(cls, name: str, spec: StudySpec, db: str | None = None) -> Study:
@@ -193,10 +194,17 @@ class Study:
             add_candidates(self.storage, self.name, [c.to_dict() for c in configs], baseline_origin(name),
                            fidelity=CHEAP)
 
+    def full_metric_families(self) -> set[str]:
+        """The workload's alignment and distribution metric families (kept: the model may be let go
+        while workers evaluate)."""
+        if self._full_families is None:
+            self._full_families = set(self.workload.full_metric_families())
+        return self._full_families
+
     def promote(self, progress: Progress = print, dry_run: bool = False) -> int:
         """Queue the `full` evaluation of every cheaply evaluated candidate that may enter a front;
         returns how many (`dry_run`: only counts)."""
-        families = self.workload.full_metric_families()
+        families = self.full_metric_families()
         if not families:  # a full evaluation would generate images and store no metric
             if not dry_run:
                 progress(f"full evaluation skipped: workload {self.spec.model} reports no alignment or distribution "
@@ -218,11 +226,23 @@ class Study:
         (default: `local`, in this process); returns how many this call evaluated."""
         from search.executors import LocalExecutor
 
+        executor = executor or LocalExecutor()
+        if executor.workers_load_the_model:
+            self.full_metric_families()  # what promotion needs of the model, before the model goes
+            self._let_model_go()
         if self._evaluator is None:
-            self._evaluator = StudyEvaluator(self.name, self.spec, self.storage, workload=self.workload,
+            workload = None if executor.workers_load_the_model else self.workload
+            self._evaluator = StudyEvaluator(self.name, self.spec, self.storage, workload=workload,
                                              ranges=self.cache.activation_ranges(progress))
-        return (executor or LocalExecutor()).run(self.name, self.storage, self._evaluator, progress=progress,
-                                                 max_seconds=max_seconds)
+        return executor.run(self.name, self.storage, self._evaluator, progress=progress, max_seconds=max_seconds)
+
+    def _let_model_go(self) -> None:
+        """Free this process's copy of the model (loaded again if a later stage needs it)."""
+        import gc
+
+        if self._workload is not None:
+            self._workload = None
+            gc.collect()  # pipelines hold reference cycles
 
     def evaluation_counts(self) -> dict[str, tuple[int, int]]:
         return evaluation_counts(self.storage, self.name)

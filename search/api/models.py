@@ -69,9 +69,13 @@ class StudyCreate(_SpecBody):  # type: ignore[misc, valid-type]
         return self
 
     def spec(self) -> StudySpec:
+        """The study's spec: the fields the body sets, image counts it leaves out sized to the model
+        (`search.sizing`), the rest the spec's defaults."""
+        from search.sizing import sized_spec
+
         kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
-                                  for k, v in self.model_dump(exclude={"name"}).items()}
-        return StudySpec(**kwargs)
+                                  for k, v in self.model_dump(exclude={"name"}, exclude_unset=True).items()}
+        return sized_spec(kwargs)[0]
 
 
 class StudyOut(BaseModel):

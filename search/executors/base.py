@@ -94,6 +94,12 @@ class Executor(ABC):
         """How many candidates it evaluates at once (the size of a round worth asking for)."""
         return 1
 
+    @property
+    def workers_load_the_model(self) -> bool:
+        """Whether its workers load the model themselves, in processes of their own: the coordinator
+        then lets its own copy go before they run (on an SD-size model, a copy is GBs)."""
+        return False
+
     def __enter__(self) -> Executor:
         return self
 

@@ -95,6 +95,10 @@ class RayExecutor(Executor):
     def parallelism(self) -> int:
         return self.workers
 
+    @property
+    def workers_load_the_model(self) -> bool:
+        return True
+
     def __enter__(self) -> RayExecutor:
         self._session = True
         return self

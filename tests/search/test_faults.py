@@ -319,6 +319,28 @@ def test_ray_executor_runs_evaluations_on_both_workers(tmp_path: Path) -> None:
     assert all(str(os.getpid()) not in w.split(":") for w in per_worker)  # in actors, not in this process
 
 
+class _WorkersElsewhere(LocalExecutor):
+    """An executor whose workers load the model in their own processes (as Ray's do); it records what
+    the coordinator held when the workers would start, and evaluates nothing."""
+
+    workers_load_the_model = True  # type: ignore[assignment]  (a property on the base)
+
+    def run(self, study: str, storage: Storage, evaluator: Evaluator, **_: object) -> int:
+        self.evaluator_model = getattr(evaluator, "workload", "missing")
+        return 0
+
+
+def test_the_coordinator_lets_its_model_go_before_workers_that_load_their_own(prepared: Path,
+                                                                             tmp_path: Path) -> None:
+    study = _copy(prepared, tmp_path)
+    assert study.workload is not None  # loaded, as after the calibration, sensitivity and table stages
+    executor = _WorkersElsewhere()
+    study.evaluate(_quiet, executor=executor)
+    assert executor.evaluator_model is None  # the evaluator sent to the workers carries no model
+    assert study._workload is None  # and this process's copy is freed (an SD-size model: GBs)
+    assert study.promote(_quiet, dry_run=True) == 0 and study._workload is None  # promotion needs no reload
+
+
 @pytest.mark.slow
 def test_ray_executor_with_two_workers_completes_a_study(prepared: Path, tmp_path: Path) -> None:
     try:

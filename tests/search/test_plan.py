@@ -144,3 +144,15 @@ def test_time_left_is_the_plan_s_until_the_bar_s_own_pace_is_known() -> None:
     column = _TimeLeft({"cheap": 30.0, "full": None})
     assert column.render(bars.tasks[planned]).plain == "left 0:02:00"  # 4 x 30 s, none done yet
     assert column.render(bars.tasks[unplanned]).plain == "left -:--:--"  # no plan, no pace yet
+
+
+def test_ray_workers_divide_the_evaluations_time_and_each_holds_a_model() -> None:
+    m = _measured()
+    one = predict(SPEC, m).stages[-1]
+    two = predict(SPEC, m, workers=2).stages[-1]
+    assert two.name == one.name == "all evaluations"
+    assert two.seconds == pytest.approx(one.seconds / 2)
+    # two workers' evaluation peaks, and the coordinator without its model
+    assert two.peak_bytes == 2 * one.peak_bytes + m.loaded_bytes - m.weight_bytes
+    with pytest.raises(ConfigError, match="all evaluations stage"):
+        check_fits(predict(SPEC, m, workers=2), int(1.5 * one.peak_bytes))

@@ -1,0 +1,50 @@
+"""Defaults sized to the model: fewer images where one denoiser call costs seconds, not milliseconds.
+
+The spec's image counts (calibration 10, cheap evaluation 20, full evaluation 40) suit the models that
+run a call in milliseconds. On a denoiser of BIG_BYTES of fp32 weights or more (SD1.5's UNet holds
+3.4 GB, PixArt-alpha's transformer 2.4 GB, SDXL's 10 GB) they would make a study take days on a CPU
+(see the README's figures from `bench/scale.py`). There the counts not given default to BIG_MODEL_SAMPLES, the counts `bench/scale.py` runs a
+whole study with inside 45 minutes; every one is overridable and the study's spec stores what was used.
+
+Sampler steps are not resized: they are the sampler the user deploys (and the timestep groups are cut
+from them), so a study searches at the steps it is given.
+
+The size is read from the model's architecture built on the meta device (no weights loaded: a second for
+SD1.5); built-in workloads and plugins that are not diffusers directories keep the spec's defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from search.spec import StudySpec
+
+BIG_BYTES = 256_000_000  # the size above which the estimators replay rows one at a time too
+BIG_MODEL_SAMPLES = {"calibration_samples": 4, "eval_samples": 2, "full_samples": 4}
+
+
+def denoiser_bytes(model: str) -> int | None:
+    """The fp32 bytes of the denoiser of a diffusers pipeline or model directory, or of a built-in
+    architecture; None for anything else (a workload name, a plugin) or a directory that does not load."""
+    from quant.errors import BitsearchError
+    from workloads.denoisers import load_denoiser
+
+    try:
+        denoiser = load_denoiser(model, device="meta")
+    except BitsearchError:  # not a model directory: the workload's own loading reports what is wrong
+        return None
+    return 4 * sum(p.numel() for p in denoiser.parameters())
+
+
+def sized_spec(given: Mapping[str, Any]) -> tuple[StudySpec, str]:  # Any: each field's type, or its text
+    """The spec of the options `given` (None: not given), image counts not given sized to the model, and
+    a line saying which were sized (empty when none were)."""
+    options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    size = denoiser_bytes(str(options.get("model", StudySpec().model)))
+    sized = {k: n for k, n in BIG_MODEL_SAMPLES.items() if k not in options}
+    if size is None or size < BIG_BYTES or not sized:
+        return StudySpec(**options), ""
+    note = (f"defaults sized to a {size / 1e9:.2g} GB denoiser (fp32): "
+            f"{', '.join(f'{k} {n}' for k, n in sized.items())} (give them to override)")
+    return StudySpec(**{**options, **sized}), note
