@@ -34,10 +34,11 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,15 +103,36 @@ def pipeline(arch: str, latent: int) -> Path:
 
 
 @contextmanager
-def stage(rows: list[dict[str, object]], name: str) -> Iterator[None]:
+def stage(rows: list[dict[str, object]], name: str, processes: bool = False) -> Iterator[None]:
+    """Time a stage (wall and this process's CPU) and sample its peak resident memory: this process's,
+    or with `processes` the sum over this process and all its children (Ray's workers and daemons)."""
     from quant.resident import PeakResident
 
     wall, cpu = time.perf_counter(), time.process_time()
+    tree = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        import psutil  # installed with ray
+
+        me = psutil.Process()
+        while not done.wait(0.2):
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                with suppress(psutil.Error):
+                    total += p.memory_info().rss
+            tree[0] = max(tree[0], total)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    if processes:
+        sampler.start()
     with PeakResident() as peak:
         yield
+    done.set()
     rows.append({"stage": name, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
-                 "peak_gb": peak.peak_bytes / GB})
-    print(f"  {name}: {rows[-1]['wall_s']:.0f} s wall, peak {rows[-1]['peak_gb']:.2f} GB", flush=True)
+                 "peak_gb": max(peak.peak_bytes, tree[0]) / GB, "processes": processes})
+    print(f"  {name}: {rows[-1]['wall_s']:.0f} s wall, peak {rows[-1]['peak_gb']:.2f} GB"
+          f"{' (all processes)' if processes else ''}", flush=True)
 
 
 def quiet(_message: str) -> None:
@@ -126,19 +148,24 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=8, help="candidates the integer program proposes")
     ap.add_argument("--estimator", default=None,
                     help="default: gradient (the study's default); sdxl: kurtosis, whose plan fits 24 GB")
-    ap.add_argument("--calibration-samples", type=int, default=4)
-    ap.add_argument("--eval-samples", type=int, default=2)
+    ap.add_argument("--calibration-samples", type=int, default=None, help="default: sized to the model")
+    ap.add_argument("--eval-samples", type=int, default=None, help="default: sized to the model")
+    ap.add_argument("--estimator-images", type=int, default=None, help="default: sized to the model")
     ap.add_argument("--baselines", default="W8A8", help="comma-separated (default: uniform W8A8 only)")
     ap.add_argument("--bits", default=None, help="candidate bit pairs (default: the study's)")
     ap.add_argument("--budget", default="latency=0.8x,memory=0.5x")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="evaluate on this many Ray workers (each loads its own model; the peak is then summed "
+                         "over every process, Ray's own included, and the stage compared by wall time)")
     args = ap.parse_args()
     arch = ARCHS[args.arch]
     estimator = args.estimator or ("gradient" if arch.whole_study else "kurtosis")
 
     import torch
 
+    from search.executors import get_executor
     from search.plan import measure_plan, predict
-    from search.spec import StudySpec
+    from search.sizing import sized_spec
     from search.study import Study
     from sensitivity.base import get_estimator
 
@@ -146,16 +173,22 @@ def main() -> None:
     print(f"# python bench/scale.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"torch {torch.__version__}, 1 thread, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     model = str(pipeline(args.arch, args.latent))
-    bits = {} if args.bits is None else {"bits": tuple(args.bits.split(","))}
-    spec = StudySpec(model=model, budget=args.budget, estimators=(estimator,), num_steps=args.steps,
-                     timestep_groups=args.groups, trials=args.trials, calibration_samples=args.calibration_samples,
-                     eval_samples=args.eval_samples, full_samples=1, baselines=tuple(args.baselines.split(",")),
-                     workload_options=("prompts=[\"a photograph of an astronaut riding a horse\"]",), **bits)
+    # what `bitsearch launch` makes of these options: counts not given are sized to the model
+    spec, sized = sized_spec({
+        "model": model, "budget": args.budget, "estimators": (estimator,), "num_steps": args.steps,
+        "timestep_groups": args.groups, "trials": args.trials, "calibration_samples": args.calibration_samples,
+        "eval_samples": args.eval_samples, "baselines": tuple(args.baselines.split(",")),
+        "bits": None if args.bits is None else tuple(args.bits.split(",")),
+        "estimator_options": None if args.estimator_images is None else (f"n_images={args.estimator_images}",),
+        "workload_options": ("prompts=[\"a photograph of an astronaut riding a horse\"]",)})
+    print(sized or "no default sized")
     rows: list[dict[str, object]] = []
     t0 = time.perf_counter()
     with stage(rows, "plan"):
-        plan = predict(spec, measure_plan(spec))
+        plan = predict(spec, measure_plan(spec), args.workers)
         gc.collect()  # the plan's pipeline (reference cycles) goes before the study loads its own
+    for s in plan.stages:  # up front: a run stopped half-way still shows what it was compared with
+        print(f"    plan: {s.name}: {s.seconds:.0f} s, {s.peak_bytes / GB:.2f} GB ({s.how})")
     predicted = {s.name: s for s in plan.stages}
     evaluations: list[object] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,8 +207,9 @@ def main() -> None:
         with stage(rows, "integer program" if arch.whole_study else "integer program (naive scores)"):
             study.problem(layers, scores, quiet)
         if arch.whole_study:
-            with stage(rows, "all evaluations"):
-                study.run(progress=quiet)
+            with stage(rows, "all evaluations", processes=args.workers > 1):
+                study.run(progress=quiet, executor=get_executor("ray", workers=args.workers, threads_per_worker=1,
+                                                                num_cpus=args.workers) if args.workers > 1 else None)
             evaluations = list(study.storage.list_evaluations("scale"))
         study.storage.close()
     total = time.perf_counter() - t0
@@ -185,6 +219,9 @@ def main() -> None:
         row = next(r for r in rows if r["stage"] == name)
         return "-" if p is None or not of(p) else f"{key(row) / of(p):.2f}"
 
+    def seconds(row: dict[str, object]) -> float:  # CPU of this process; wall where Ray workers did the work
+        return float(row["wall_s"] if row["processes"] else row["cpu_s"])
+
     print(f"\n{arch.label} ({sum(x.params for x in layers) / 1e6:.0f} M parameters in {len(layers)} layers), "
           f"{args.latent}x{args.latent} latents, {args.steps} steps, {args.groups} groups, {estimator}, "
           f"{len(evaluations)} evaluations")
@@ -192,7 +229,7 @@ def main() -> None:
     for r in rows:
         p = predicted.get(str(r["stage"]))
         print(f"{r['stage']!s:<26}{r['wall_s']:>8.0f}{r['cpu_s']:>8.0f}"
-              f"{p.seconds if p else float('nan'):>8.0f}{ratio(str(r['stage']), lambda x: float(x['cpu_s']), lambda s: s.seconds):>8}"
+              f"{p.seconds if p else float('nan'):>8.0f}{ratio(str(r['stage']), seconds, lambda s: s.seconds):>8}"
               f"{r['peak_gb']:>9.2f}{p.peak_bytes / GB if p else float('nan'):>9.2f}"
               f"{ratio(str(r['stage']), lambda x: float(x['peak_gb']) * GB, lambda s: s.peak_bytes):>8}")
     peak = max(float(r["peak_gb"]) for r in rows)

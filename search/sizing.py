@@ -22,6 +22,7 @@ from search.spec import StudySpec
 
 BIG_BYTES = 256_000_000  # the size above which the estimators replay rows one at a time too
 BIG_MODEL_SAMPLES = {"calibration_samples": 4, "eval_samples": 2, "full_samples": 4}
+BIG_MODEL_ESTIMATOR_IMAGES = 2  # the estimators' n_images (default 4): their cost is linear in it
 
 
 def denoiser_bytes(model: str) -> int | None:
@@ -40,11 +41,22 @@ def denoiser_bytes(model: str) -> int | None:
 def sized_spec(given: Mapping[str, Any]) -> tuple[StudySpec, str]:  # Any: each field's type, or its text
     """The spec of the options `given` (None: not given), image counts not given sized to the model, and
     a line saying which were sized (empty when none were)."""
+    from search.spec import estimator_params, parse_options
+
     options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     size = denoiser_bytes(str(options.get("model", StudySpec().model)))
-    sized = {k: n for k, n in BIG_MODEL_SAMPLES.items() if k not in options}
-    if size is None or size < BIG_BYTES or not sized:
+    if size is None or size < BIG_BYTES:
         return StudySpec(**options), ""
-    note = (f"defaults sized to a {size / 1e9:.2g} GB denoiser (fp32): "
-            f"{', '.join(f'{k} {n}' for k, n in sized.items())} (give them to override)")
-    return StudySpec(**{**options, **sized}), note
+    sized: dict[str, Any] = {k: n for k, n in BIG_MODEL_SAMPLES.items() if k not in options}
+    estimator_options = tuple(options.get("estimator_options") or ())
+    estimators = options.get("estimators") or StudySpec().estimators
+    takes_images = any("n_images" in (estimator_params(str(e)) or ["n_images"]) for e in estimators)
+    if takes_images and "n_images" not in parse_options(estimator_options):
+        sized["estimator_options"] = (*estimator_options, f"n_images={BIG_MODEL_ESTIMATOR_IMAGES}")
+    if not sized:
+        return StudySpec(**options), ""
+    shown = ", ".join(f"{k} {n}" for k, n in sized.items() if k != "estimator_options")
+    if "estimator_options" in sized:
+        shown += f"{', ' if shown else ''}the estimators' n_images {BIG_MODEL_ESTIMATOR_IMAGES}"
+    return StudySpec(**{**options, **sized}), (
+        f"defaults sized to a {size / 1e9:.2g} GB denoiser (fp32): {shown} (give them to override)")
