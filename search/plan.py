@@ -21,8 +21,8 @@
   does not count), peak: the one-step peak plus the activations of its extra images;
 - latency table: per bit pair and the float reference, an apply and 1 + 5 rounds of whole calls, each
   call made clocked and plain (`quant.latency.in_context`), a quantized pair's calls alternating with
-  the float model's (4 calls a round; the float reference's own pass 2), plus 2 x 22 whole calls (fp32
-  and a bf16 copy); peak:
+  the float model's (4 calls a round, 2 of them quantized: priced at the measured uniform config's
+  speed; the float reference's own pass 2), plus 2 x 22 whole calls (fp32 and a bf16 copy); peak:
   the model, a bf16 copy (half), what an applied config holds and one call's activations;
 - each cheap / full evaluation: applying a config, then `eval_samples` (`full_samples`) images x
   `num_steps` calls, the cheap one plus a batch-1 generation recorded and its calls replayed quantized
@@ -203,7 +203,11 @@ def predict(spec: StudySpec, m: Measured, workers: int = 1) -> Plan:
                             "a lighter estimator, or fewer images (estimator option n_images)"))
     if m.measures_latency:
         calls = (2 + 4 * len(spec.bits)) * (TABLE_REPEATS + 1) + WHOLE_CALLS
-        stages.append(Stage("latency table", calls * call.time_at(1) + (len(spec.bits) + 1) * m.apply_s,
+        # half of each pair's calls run the pair applied uniformly: priced at the uniform config measured
+        # (an SD1.5-size table took 0.71x of a plan that priced them as float calls)
+        quantized = 2 * len(spec.bits) * (TABLE_REPEATS + 1)
+        seconds = (calls - quantized + quantized * m.quantized_ratio) * call.time_at(1)
+        stages.append(Stage("latency table", seconds + (len(spec.bits) + 1) * m.apply_s,
                             base + m.weight_bytes // 2 + m.applied_bytes + call.bytes_at(1),
                             f"{len(spec.bits) + 1} bit pairs applied; {calls} whole calls (each pair beside "
                             "the float model, clocked and plain)",
