@@ -187,6 +187,7 @@ def main() -> None:
     with stage(rows, "plan"):
         plan = predict(spec, measure_plan(spec), args.workers)
         gc.collect()  # the plan's pipeline (reference cycles) goes before the study loads its own
+    print(f"    plan measured: {plan.measured}")  # what any later model of the plan can be recomputed from
     for s in plan.stages:  # up front: a run stopped half-way still shows what it was compared with
         print(f"    plan: {s.name}: {s.seconds:.0f} s, {s.peak_bytes / GB:.2f} GB ({s.how})")
     predicted = {s.name: s for s in plan.stages}

@@ -96,13 +96,14 @@ def test_stages_follow_the_documented_model() -> None:
         check_fits(plan, plan.peak.peak_bytes - 1)
 
 
-def test_searched_configs_are_priced_no_faster_than_float_ones() -> None:
-    """A searched config mixes in slower kernels: evaluations never count on the uniform config's speed;
-    the latency table's calls run uniform configs and do."""
-    fast, float_speed = ({s.name: s.seconds for s in predict(SPEC, _measured(quantized_ratio=r)).stages}
-                         for r in (0.5, 1.0))
-    table = fast.pop("latency table"), float_speed.pop("latency table")
-    assert fast == float_speed and table[0] == pytest.approx(table[1] - 5 * 2 * 6 * 0.5)
+def test_quantized_calls_are_priced_at_the_uniform_config_measured() -> None:
+    """Every stage's quantized calls (the table's uniform configs, the evaluations' searched ones) cost
+    the measured uniform config's time; float calls (the reference, the float replays) do not change."""
+    fast, slow = ({s.name: s.seconds for s in predict(SPEC, _measured(quantized_ratio=r)).stages} for r in (0.5, 1.5))
+    assert fast["calibration"] == slow["calibration"] and fast["sensitivity: kurtosis"] == slow["sensitivity: kurtosis"]
+    assert slow["latency table"] - fast["latency table"] == pytest.approx(5 * 2 * 6 * 1.0)  # 60 calls of 1 s
+    # a cheap evaluation: 2 images x 8 calls (1.5 s) and the recorded image's 8 calls (1 s) run quantized twice
+    assert slow["each cheap evaluation"] - fast["each cheap evaluation"] == pytest.approx(8 * 1.5 + 2 * 8 * 1.0)
 
 
 def test_no_full_evaluation_row_where_the_workload_has_no_full_metrics() -> None:
