@@ -104,8 +104,10 @@ def pipeline(arch: str, latent: int) -> Path:
 
 @contextmanager
 def stage(rows: list[dict[str, object]], name: str, processes: bool = False) -> Iterator[None]:
-    """Time a stage (wall and this process's CPU) and sample its peak resident memory: this process's,
-    or with `processes` the sum over this process and all its children (Ray's workers and daemons)."""
+    """Time a stage (wall and this process's CPU) and sample its peak resident memory: this process's RSS,
+    or with `processes` the proportional set size summed over this process and all its children (Ray's
+    workers and daemons): pages several processes map (the safetensors weights diffusers memory-maps)
+    counted once, split between them, so the sum is what the machine holds."""
     from quant.resident import PeakResident
 
     wall, cpu = time.perf_counter(), time.process_time()
@@ -116,11 +118,11 @@ def stage(rows: list[dict[str, object]], name: str, processes: bool = False) -> 
         import psutil  # installed with ray
 
         me = psutil.Process()
-        while not done.wait(0.2):
+        while not done.wait(1.0):  # reading every process's smaps takes a while
             total = 0
             for p in [me, *me.children(recursive=True)]:
                 with suppress(psutil.Error):
-                    total += p.memory_info().rss
+                    total += p.memory_full_info().pss
             tree[0] = max(tree[0], total)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -130,9 +132,9 @@ def stage(rows: list[dict[str, object]], name: str, processes: bool = False) -> 
         yield
     done.set()
     rows.append({"stage": name, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
-                 "peak_gb": max(peak.peak_bytes, tree[0]) / GB, "processes": processes})
+                 "peak_gb": (tree[0] if processes else peak.peak_bytes) / GB, "processes": processes})
     print(f"  {name}: {rows[-1]['wall_s']:.0f} s wall, peak {rows[-1]['peak_gb']:.2f} GB"
-          f"{' (all processes)' if processes else ''}", flush=True)
+          f"{' (PSS of all processes)' if processes else ''}", flush=True)
 
 
 def quiet(_message: str) -> None:
