@@ -11,6 +11,10 @@ VAE, DDIM), then:
    integer program, then the candidates measured on the int8 kernels (and any full evaluations);
 3. per stage: measured vs predicted (ratio), and the whole study's wall time and peak.
 
+Image counts not given are what `bitsearch launch` sizes for the model (`search.sizing`). With
+`--workers N` the evaluations run on N Ray workers; their memory is then the proportional set size
+summed over every process (pages the workers share, like the memory-mapped weights, counted once).
+
 Random weights: the images mean nothing and the quality figures are not a result; the time and the
 memory are what a user with a trained model of this size pays on this machine. Targets of issue 16:
 <= 45 min wall and <= 12 GB peak on 2 cores, each stage within 25% of its plan.
@@ -24,6 +28,7 @@ model run) and prints the plan's estimate of the whole study.
     python bench/scale.py --arch pixart        # the same, PixArt-alpha-size
     python bench/scale.py --arch sdxl          # SDXL-size: no sensitivity or evaluations
     python bench/scale.py --latent 8 --steps 2 --trials 1 --eval-samples 1   # a smoke run
+    python bench/scale.py --latent 8 --steps 2 --trials 2 --workers 2          # Ray workers' memory
 """
 
 from __future__ import annotations
