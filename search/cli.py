@@ -451,16 +451,18 @@ def launch(
     planned: Plan | None = None
     try:  # options not given take the spec's defaults
         spec, sized = sized_spec(given)
-        if sized:
-            _progress(sized)
         runner = _executor(executor, workers, threads_per_worker, ray_address, heartbeat_timeout)
         if dry_run or memory_limit is not None:
             planned = _plan(spec, memory_limit, threads_per_worker, runner.parallelism)
             if dry_run:
+                if sized:
+                    _progress(sized)
                 return
         study = Study.create(name, spec, db)
     except (BitsearchError, ValueError) as e:  # ValueError: solvers' own option checks (not ours yet)
         _fail(e)
+    if sized:  # once the study exists: a refused one is one line
+        _progress(sized)
     _run(study, runner, threads_per_worker, max_seconds, planned)
 
 
