@@ -209,7 +209,7 @@ def main() -> None:
             with stage(rows, f"sensitivity: {estimator}"):
                 scores = study.cache.scores(layers, quiet)
         else:  # no model run: what the integer program costs, not what its answer is worth
-            scores = [get_estimator("naive").estimate(study.cache._workload(), layers, list(spec.bits), spec.groups)]
+            scores = [get_estimator("naive").estimate(study.workload, layers, list(spec.bits), spec.groups)]
         with stage(rows, "latency table"):
             study.cache.tables(quiet)
         with stage(rows, "integer program" if arch.whole_study else "integer program (naive scores)"):

@@ -1,10 +1,13 @@
 """Defaults sized to the model: fewer images where one denoiser call costs seconds, not milliseconds.
 
-The spec's image counts (calibration 10, cheap evaluation 20, full evaluation 40) suit the models that
-run a call in milliseconds. On a denoiser of BIG_BYTES of fp32 weights or more (SD1.5's UNet holds
-3.4 GB, PixArt-alpha's transformer 2.4 GB, SDXL's 10 GB) they would make a study take days on a CPU
-(see the README's figures from `bench/scale.py`). There the counts not given default to BIG_MODEL_SAMPLES, the counts `bench/scale.py` runs a
-whole study with inside 45 minutes; every one is overridable and the study's spec stores what was used.
+The spec's image counts (calibration 10, cheap evaluation 20, full evaluation 40, the estimators' 4)
+suit models that run a call in milliseconds. On a big denoiser (the size above which the estimators also
+replay one batch row at a time, `sensitivity._common.WHOLE_CALLS_BELOW_BYTES`; SD1.5's UNet holds 3.4 GB
+of fp32 weights, PixArt-alpha's transformer 2.4 GB, SDXL's 10 GB) they would make a study take many hours
+on a CPU. There the counts not given default to BIG_MODEL_SAMPLES and the estimators' `n_images` to
+BIG_MODEL_ESTIMATOR_IMAGES: what `bench/scale.py` ran an SD1.5-size study with in 45.5 minutes (at 4
+images its gradient estimate alone took 24 minutes; README "Real-size models"). Every one is overridable
+(`--estimator-option n_images=4`) and the study's spec stores what was used.
 
 Sampler steps are not resized: they are the sampler the user deploys (and the timestep groups are cut
 from them), so a study searches at the steps it is given.
@@ -20,7 +23,6 @@ from typing import Any
 
 from search.spec import StudySpec
 
-BIG_BYTES = 256_000_000  # the size above which the estimators replay rows one at a time too
 BIG_MODEL_SAMPLES = {"calibration_samples": 4, "eval_samples": 2, "full_samples": 4}
 BIG_MODEL_ESTIMATOR_IMAGES = 2  # the estimators' n_images (default 4): their cost is linear in it
 
@@ -42,6 +44,7 @@ def sized_spec(given: Mapping[str, Any]) -> tuple[StudySpec, str]:  # Any: each 
     """The spec of the options `given` (None: not given), image counts not given sized to the model, and
     a line saying which were sized (empty when none were)."""
     from search.spec import estimator_params, parse_options
+    from sensitivity._common import WHOLE_CALLS_BELOW_BYTES as BIG_BYTES
 
     options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     size = denoiser_bytes(str(options.get("model", StudySpec().model)))
