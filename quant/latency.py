@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map
 
 from quant.apply import QuantizedModel, quantized
-from quant.backends.base import Backend, LayerKernel
+from quant.backends.base import Backend, LayerKernel, Quantizable, get_backend
 from quant.calibrate import ActivationRanges
 from quant.config import FULL_PRECISION, BitConfig, Bits, TimestepGroups
 from quant.cost import LatencyTable
-from quant.layers import quantizable_modules
+from quant.layers import LayerKind, quantizable_modules
 
 FULL = FULL_PRECISION
 
@@ -60,12 +58,23 @@ def measure_latency(model: nn.Module, run: Callable[[], Any], bits: Sequence[Bit
     window times its float time, the median of every window's. The rest of the call is the float calls'
     share outside the layers, on the same clock. Pairs whose kernels for a layer run the same code on
     the same tensors (`_kernel_key`: W4A8, W6A8 and W8A8 all run the int8 kernel on int8 codes) share
-    the first one's ratio, so noise cannot rank them apart."""
+    the first one's ratio, so noise cannot rank them apart; a pair whose every layer shares an earlier
+    pair's kernel is applied (for `while_applied`) but not timed again (an SD1.5-size table: 3 of the
+    default 5 pairs timed)."""
     floats: dict[str, list[float]] = {}  # each window's in-context float time per layer
     rest_shares: list[float] = []
     ratios: dict[tuple[str, tuple[object, ...]], float] = {}  # (layer, kernel key) -> over its float time
     kernel_of: dict[tuple[str, Bits], tuple[str, tuple[object, ...]] | None] = {}  # None: the float layer
     for b, qm in uniformly_applied(model, bits, backend, ranges):
+        keys = {fqn: kernel_key(layer.kernels[b]) for fqn, layer in qm.layers.items()
+                if not b.is_full_precision}
+        if keys and all((fqn, key) in ratios for fqn, key in keys.items()):
+            # every layer runs a kernel an earlier pair timed (W4A8 and W6A8 after W8A8): nothing new to time
+            kernel_of.update({(fqn, b): (fqn, key) for fqn, key in keys.items()})
+            kernel_of.update({(fqn, b): None for fqn in floats if fqn not in keys})
+            if while_applied is not None:
+                while_applied(b, qm)
+            continue
         if b.is_full_precision:
             (float_layers, float_call), = in_context(model, [run], repeats)
         else:
@@ -74,7 +83,7 @@ def measure_latency(model: nn.Module, run: Callable[[], Any], bits: Sequence[Bit
                     return run()
             (quantized_layers, _), (float_layers, float_call) = in_context(model, [run, reference], repeats)
             for fqn, seconds in quantized_layers.items():
-                key = (fqn, _kernel_key(qm.layers[fqn].kernels[b]))
+                key = (fqn, keys[fqn])
                 ratios.setdefault(key, seconds / max(float_layers[fqn], 1e-12))
                 kernel_of[(fqn, b)] = key
         for fqn, seconds in float_layers.items():
@@ -89,6 +98,24 @@ def measure_latency(model: nn.Module, run: Callable[[], Any], bits: Sequence[Bit
         table[fqn][b] = float_s[fqn] if kernel is None else ratios[kernel] * float_s[fqn]
     share = min(statistics.median(rest_shares), 0.99)  # of a whole float call, put on the layers' clock
     return table, share / (1 - share) * sum(float_s.values())
+
+
+def timed_pairs(modules: Sequence[tuple[nn.Module, LayerKind]], bits: Sequence[Bits | str],
+                backend: str | Backend = "int8") -> list[Bits]:
+    """The pairs of `bits` (full precision included) `measure_latency` times on a model of these layers:
+    a pair is skipped when every layer runs a kernel an earlier pair ran (`kernel_key`). Judged on the
+    `modules` given (the plan passes one layer of each kind: kernels are chosen by kind)."""
+    be = get_backend(backend)
+    pairs = sorted({FULL, *(Bits.parse(x) for x in bits)})
+    seen: set[tuple[int, tuple[object, ...]]] = set()
+    timed: list[Bits] = []
+    for b in pairs:
+        keys = set() if b.is_full_precision else \
+            {(i, kernel_key(be.kernels(cast(Quantizable, m), kind, {b})[b])) for i, (m, kind) in enumerate(modules)}
+        if not keys or not keys <= seen:
+            timed.append(b)
+        seen |= keys
+    return timed
 
 
 def in_context(model: nn.Module, runs: Sequence[Callable[[], object]], repeats: int,
@@ -145,69 +172,60 @@ def _swappable(model: nn.Module) -> set[str]:
     return names | set(quantizable_modules(model))
 
 
-def _kernel_key(kernel: LayerKernel) -> tuple[object, ...]:
+def kernel_key(kernel: LayerKernel) -> tuple[object, ...]:
+    """What a kernel runs: its label and the dtypes and shapes it holds (equal keys: the same code on alike tensors)."""
     return (kernel.label, tuple((t.dtype, tuple(t.shape)) for t in kernel.held))
 
 
-def time_calls(runs: Sequence[Callable[[], object]], repeats: int, warmups: int = 1) -> list[float]:
+def time_calls(runs: Sequence[Callable[[], object]], repeats: int, warmups: int = 1,
+               enough_s: float = float("inf")) -> list[float]:
     """Median CPU seconds of the process (every thread counted) for each of `runs`, after `warmups`
     untimed rounds (first-call allocations and kernel selection), the runs interleaved (a, b, a, b, ...)
-    so that a noisy neighbour weighs on all of them alike."""
+    so that a noisy neighbour weighs on all of them alike; `repeats` rounds, or fewer once the timed
+    calls have taken `enough_s` seconds (calls of a big model are steady: a round or two tells)."""
     samples: list[list[float]] = [[] for _ in runs]
+    spent = 0.0
     for i in range(warmups + repeats):
         for run, times in zip(runs, samples, strict=True):
             t0 = time.process_time()
             run()
             if i >= warmups:
                 times.append(time.process_time() - t0)
+                spent += times[-1]
+        if spent >= enough_s:
+            break
     return [statistics.median(times) for times in samples]
 
 
-@dataclass(frozen=True)
-class Call:
-    """The inputs of one denoiser call, as the sampler made them."""
-
-    args: tuple[object, ...]
-    kwargs: dict[str, object]
+REPLAY_ROUNDS = 5  # side_by_side: at most this many rounds ...
+REPLAY_S = 1.0  # ... or fewer once the replayed calls took this many CPU seconds
 
 
-def record_calls(module: nn.Module, run: Callable[[], object]) -> list[Call]:
-    """The inputs of every call of `module` during `run()` (a generation: call i is step i), cloned so
-    that a sampler updating its tensors in place cannot change them afterwards."""
-    calls: list[Call] = []
-
-    def grab(_m: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
-        clone = lambda v: v.clone() if isinstance(v, torch.Tensor) else v  # noqa: E731
-        calls.append(Call(tree_map(clone, args), tree_map(clone, kwargs)))
-
-    handle = module.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        handle.remove()
-    return calls
-
-
-def side_by_side(qm: QuantizedModel, calls: Sequence[Call]) -> tuple[float, float]:
-    """Median CPU seconds per denoiser call of the quantized model and of the same model's float layers
-    (`QuantizedModel.float_reference`), each recorded call run by one and then the other: their ratio
-    holds whatever else loads the machine, which a quantized run timed alone does not (a busy sibling
-    hyperthread slows every call of a window alike). The quantized kernels are warm from the generation
-    that recorded the calls; the float path gets one warm-up call."""
-    def quantized(step: int, call: Call) -> Callable[[], object]:
+def side_by_side(qm: QuantizedModel, inputs: Mapping[str, object], groups: TimestepGroups) -> tuple[float, float]:
+    """CPU seconds of one denoiser call of the quantized model and of the same model's float layers
+    (`QuantizedModel.float_reference`), averaged over the sampler's steps. A call's kernels depend on
+    its step's timestep group, not on its values: so one call's `inputs` (batch 1, as the sampler made
+    them: `workloads.base.denoiser_inputs`) are replayed at the first step of every group, quantized and
+    then float, in rounds (`REPLAY_ROUNDS`, fewer once `REPLAY_S` seconds are spent), after a warm-up
+    call of each; each group's median counts once per step of the group. The ratio of the two holds
+    whatever else loads the machine, which a quantized run timed alone does not (a busy sibling
+    hyperthread slows every call of a window alike)."""
+    def quantized(step: int) -> Callable[[], object]:
         def run() -> object:
             qm.set_step(step)
-            return qm.model(*call.args, **call.kwargs)
+            return qm.model(**inputs)
         return run
 
-    def reference(call: Call) -> Callable[[], object]:
-        def run() -> object:
-            with qm.float_reference():
-                return qm.model(*call.args, **call.kwargs)
-        return run
+    def reference() -> object:
+        with qm.float_reference():
+            return qm.model(**inputs)
 
     with torch.no_grad():
-        reference(calls[0])()
-        times = time_calls([r for i, c in enumerate(calls) for r in (quantized(i, c), reference(c))], 1, warmups=0)
-    return statistics.median(times[0::2]), statistics.median(times[1::2])
+        for start in groups.starts:  # batch 1 is a new shape for the kernels the generation ran at its batch
+            quantized(start)()
+        reference()
+        times = time_calls([r for start in groups.starts for r in (quantized(start), reference)], REPLAY_ROUNDS,
+                           warmups=0, enough_s=REPLAY_S)
+    sizes = groups.sizes()
+    return (sum(n * t for n, t in zip(sizes, times[0::2], strict=True)) / groups.num_steps,
+            sum(n * t for n, t in zip(sizes, times[1::2], strict=True)) / groups.num_steps)

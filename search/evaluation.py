@@ -22,7 +22,7 @@ from search.cache import StudyCache
 from search.executors.base import Evaluator, Outcome
 from search.spec import StudySpec
 from storage import CandidateInfo, Storage
-from workloads.base import Batch, Generation, Workload
+from workloads.base import Batch, Generation, Workload, denoiser_inputs
 
 CHEAP, FULL = "cheap", "full"
 Reference = Callable[[], tuple[Batch, Generation]]
@@ -33,12 +33,13 @@ def measure(workload: Workload, spec: StudySpec, config: BitConfig, fidelity: st
     """One real quantized run of `config` at `fidelity`: `cheap`, fidelity to the full-precision images of
     `reference()` (batch, generation); `full`, alignment and distribution metrics on `full_samples` eval
     images after those (other seeds). The cheap one also measures what a user pays: latency_s, the
-    median CPU seconds of one denoiser call at batch 1 (the unit the target's tables predict; the calls of
-    one more single-image generation, replayed), float_latency_s, the same calls run by the float layers
-    side by side (`quant.latency.side_by_side`), and the resident bytes of the quantized denoiser."""
+    CPU seconds of one denoiser call at batch 1 averaged over the steps (the unit the target's tables
+    predict), float_latency_s, the same calls run by the float layers side by side
+    (`quant.latency.side_by_side`: one call per timestep group, replayed), and the resident bytes of the
+    quantized denoiser."""
     from quant.apply import VerificationError, quantized
     from quant.backends.base import measurement
-    from quant.latency import record_calls, side_by_side
+    from quant.latency import side_by_side
     from quant.targets import resident_bytes
 
     full = fidelity == FULL
@@ -57,10 +58,8 @@ def measure(workload: Workload, spec: StudySpec, config: BitConfig, fidelity: st
             # not only how they were planned to run
             labels = dict(Counter[str](lbl for per in qm.executed_labels().values() for lbl in per.values()))
             latency = float_latency = None
-            if not full:  # one image's denoiser calls, each timed quantized and float side by side
-                single = workload.batch(1)
-                calls = record_calls(workload.denoiser, lambda: workload.generate(single, on_step=qm.set_step))
-                latency, float_latency = side_by_side(qm, calls)
+            if not full:  # one image's denoiser call at each timestep group, timed quantized and float side by side
+                latency, float_latency = side_by_side(qm, denoiser_inputs(workload), config.groups)
     except VerificationError as e:
         return Outcome(invalid=f"verification failed: {e}")
     except (ConfigError, ValueError, RuntimeError) as e:  # RuntimeError includes torch's OOM

@@ -1,7 +1,8 @@
 """A study's plan: its predicted time and peak memory per stage, from a few measurements, before it runs.
 
 `measure_plan(spec)` loads the workload and measures, on this machine:
-- the process's resident bytes with the model loaded (what every stage starts from);
+- the CPU seconds of loading the model (each Ray worker loads its own) and the process's resident
+  bytes with it loaded (what every stage starts from);
 - one denoiser call at batch 1 and at batch 2 (process CPU seconds of 1 call after a warm-up, the
   median of up to 5 where calls are fast, and the
   peak rise of resident memory during the call, warm-up included: the allocator reuses what the warm-up
@@ -19,22 +20,24 @@
 - sensitivity, per estimator: the one-step time x steps x (a call at batch `n_images` over batch 1:
   estimators run their images as one batch, per step; the decoupled one also per group, which this
   does not count), peak: the one-step peak plus the activations of its extra images;
-- latency table: per bit pair and the float reference, an apply and 1 + 5 rounds of whole calls, each
-  call made clocked and plain (`quant.latency.in_context`), a quantized pair's calls alternating with
+- latency table: per bit pair and the float reference, an apply, and for the float reference and each
+  pair the table times (`quant.latency.timed_pairs`, judged on one layer of each kind) 1 + 5 rounds of
+  whole calls, each call made clocked and plain (`quant.latency.in_context`), a quantized pair's calls alternating with
   the float model's (4 calls a round, 2 of them quantized: priced at the measured uniform config's
   speed; the float reference's own pass 2), plus 2 x 22 whole calls (fp32 and a bf16 copy); peak:
   the model, a bf16 copy (half), what an applied config holds and one call's activations;
 - each cheap / full evaluation: applying a config, then `eval_samples` (`full_samples`) images x
-  `num_steps` calls, the cheap one plus a batch-1 generation recorded and its calls replayed quantized
-  and float for latency (`quant.latency.side_by_side`); quantized calls priced
+  `num_steps` calls, the cheap one plus one batch-1 call per timestep group replayed quantized and
+  float for latency, in rounds, after a warm-up (`quant.latency.side_by_side`); quantized calls priced
   by one measured call with the study's first bit pair applied everywhere (searched configs mix in
   slower weight-only and dequantizing kernels, but a budget keeps them near it), the sampler's other
   work by the 2-step generations; metrics are not counted; peak: the
   model, what the applied config holds (measured) and one call's activations;
 - all evaluations: the full-precision reference, every baseline and trial cheaply, and at most as many
   full evaluations (none where the workload has no alignment or distribution metric); with W Ray
-  workers, each a process that loads its own model: the time over W, the peak W evaluations' peaks
-  plus the coordinator without its model (it lets it go before the workers start).
+  workers, each a process that loads its own model: the time over W plus one model's load (the
+  workers load theirs at once; Ray's own start is not counted), the peak W evaluations' peaks plus the
+  coordinator without its model (it lets it go before the workers start).
 
 Times are CPU seconds of the process (every thread counted): wall time on one thread. A plan is a model
 with stated assumptions, not a measurement: `bitsearch plan` prints it, `launch --dry-run` too.
@@ -42,6 +45,7 @@ with stated assumptions, not a measurement: `bitsearch plan` prints it, `launch 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -91,6 +95,7 @@ def affine(at_1_and_2: tuple[float, float], batch: int) -> float:
 class Measured:
     """What `measure_plan` measured (see the module docstring)."""
 
+    load_s: float  # seconds to load the workload (each Ray worker loads its own)
     loaded_bytes: int  # resident bytes of the process with the model loaded
     weight_bytes: int  # the denoiser's parameters and buffers
     call: Call
@@ -104,6 +109,7 @@ class Measured:
     evaluations: int  # cheap evaluations: baselines and trials
     full_metrics: bool  # whether the workload has alignment or distribution metrics
     measures_latency: bool  # False on a simulating backend: no latency table
+    table_pairs: int  # quantized pairs the latency table times (pairs sharing another's kernels are not)
 
 
 @dataclass(frozen=True)
@@ -136,13 +142,16 @@ def measure_plan(spec: StudySpec) -> Measured:
     from quant.apply import quantized
     from quant.backends.base import get_backend, storage_bytes
     from quant.config import BitConfig
-    from quant.layers import inventory
+    from quant.latency import timed_pairs
+    from quant.layers import inventory, quantizable_modules
     from quant.resident import PeakResident, resident_bytes
     from search.baselines import baseline_configs
     from search.study import check_float32
     from workloads.base import denoiser_inputs
 
+    t0 = time.process_time()
     workload = spec.load_workload()
+    load_s = time.process_time() - t0
     check_float32(workload, spec.backend)
     inputs = denoiser_inputs(workload)
     layers = inventory(workload.denoiser, inputs)
@@ -171,16 +180,20 @@ def measure_plan(spec: StudySpec) -> Measured:
             seconds, peak = _run(partial(estimator.estimate, workload, layers, list(spec.bits), 1))
             steps[name], images[name] = (seconds / MEASURED_STEPS, peak), n
     baselines = sum(len(baseline_configs([b], spec.bits, spec.groups, layers)) for b in spec.baselines)
-    return Measured(loaded, storage_bytes([*denoiser.parameters(), *denoiser.buffers()]), call,
+    kinds = {kind: module for module, kind in reversed(quantizable_modules(denoiser).values())}  # first of each
+    timed = len(timed_pairs([(module, kind) for kind, module in kinds.items()], spec.bits, spec.backend)) - 1
+    return Measured(load_s, loaded, storage_bytes([*denoiser.parameters(), *denoiser.buffers()]), call,
                     calibration / max(call.seconds[0], 1e-9), (max(0.0, generation[0]), max(0.0, generation[1])), apply_s,
                     quantized_s / max(call.seconds[0], 1e-9), held.peak_increase_bytes, steps, images,
                     baselines + spec.trials, bool(workload.full_metric_families()),
-                    not get_backend(spec.backend).simulates)
+                    not get_backend(spec.backend).simulates, timed)
 
 
 def predict(spec: StudySpec, m: Measured, workers: int = 1) -> Plan:
     """The stages of a study of `spec` from the measurements `m` (see the module docstring), its
     evaluations run by `workers` workers (more than 1: Ray actors, each a process with its model)."""
+    from quant.latency import REPLAY_ROUNDS, REPLAY_S
+
     call, steps, base = m.call, spec.num_steps, m.loaded_bytes
 
     def generation(images: int, quantized: bool) -> float:
@@ -203,21 +216,24 @@ def predict(spec: StudySpec, m: Measured, workers: int = 1) -> Plan:
                             f"1 image x {MEASURED_STEPS} steps measured; {n} images x {steps} steps",
                             "a lighter estimator, or fewer images (estimator option n_images)"))
     if m.measures_latency:
-        calls = (2 + 4 * len(spec.bits)) * (TABLE_REPEATS + 1) + WHOLE_CALLS
+        calls = (2 + 4 * m.table_pairs) * (TABLE_REPEATS + 1) + WHOLE_CALLS
         # half of each pair's calls run the pair applied uniformly: priced at the uniform config measured
         # (an SD1.5-size table took 0.64x of a plan that priced them as float calls)
-        quantized = 2 * len(spec.bits) * (TABLE_REPEATS + 1)
+        quantized = 2 * m.table_pairs * (TABLE_REPEATS + 1)
         seconds = (calls - quantized + quantized * m.quantized_ratio) * call.time_at(1)
         stages.append(Stage("latency table", seconds + (len(spec.bits) + 1) * m.apply_s,
                             base + m.weight_bytes // 2 + m.applied_bytes + call.bytes_at(1),
-                            f"{len(spec.bits) + 1} bit pairs applied; {calls} whole calls (each pair beside "
-                            "the float model, clocked and plain)",
+                            f"{len(spec.bits) + 1} bit pairs applied, {m.table_pairs + 1} timed; {calls} whole "
+                            "calls (each pair beside the float model, clocked and plain)",
                             "a smaller model (the table applies it whole)"))
-    # the latency: one image's calls recorded, then replayed quantized and float side by side
-    timed = 2 * generation(1, True) + steps * call.time_at(1)
+    # the latency: one call per timestep group replayed quantized and float side by side, after a warm-up
+    groups, pair = len(spec.groups), call.time_at(1) * (1 + m.quantized_ratio)
+    rounds = min(REPLAY_ROUNDS, max(1, math.ceil(REPLAY_S / max(groups * pair, 1e-9))))
+    timed = groups * call.time_at(1) * m.quantized_ratio + call.time_at(1) + rounds * groups * pair
     cheap = Stage("each cheap evaluation", m.apply_s + generation(spec.eval_samples, True) + timed,
                   base + m.applied_bytes + call.bytes_at(spec.eval_samples),
-                  f"apply + {spec.eval_samples} images x {steps} calls + 1 image timed beside float",
+                  f"apply + {spec.eval_samples} images x {steps} calls + {rounds} x {groups} calls timed beside "
+                  "float",
                   "fewer eval_samples")
     stages.append(cheap)
     total = generation(spec.eval_samples, False) + m.evaluations * cheap.seconds  # + the float reference
@@ -231,9 +247,10 @@ def predict(spec: StudySpec, m: Measured, workers: int = 1) -> Plan:
         how += f" + at most {m.evaluations} full"
     else:
         how += "; no full evaluation (the workload has no alignment or distribution metric)"
-    if workers > 1:  # each worker holds a model and its evaluation; the coordinator has let its model go
-        total, peak = total / workers, workers * peak + max(0, base - m.weight_bytes)
-        how += f"; {workers} Ray workers at once, a model each (time: wall, each worker's CPU)"
+    if workers > 1:  # each worker loads and holds a model; the coordinator has let its model go
+        total, peak = m.load_s + total / workers, workers * peak + max(0, base - m.weight_bytes)
+        how += (f"; {workers} Ray workers at once, each loading a model (time: wall, each worker's CPU; "
+                "Ray's own start not counted)")
     stages.append(Stage("all evaluations", total, peak, how, "fewer eval_samples or full_samples, or fewer workers"))
     return Plan(spec, m, tuple(stages))
 

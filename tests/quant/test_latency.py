@@ -7,7 +7,7 @@ import torch
 from quant.apply import QuantizedModel, apply
 from quant.calibrate import calibrate_activations
 from quant.config import BitConfig, Bits, TimestepGroups
-from quant.latency import in_context, measure_latency, record_calls, side_by_side
+from quant.latency import REPLAY_ROUNDS, in_context, measure_latency, side_by_side
 
 
 def test_latency_table_covers_every_layer_and_bit_width_and_restores_the_model(tiny, tiny_input) -> None:
@@ -88,33 +88,39 @@ def test_the_float_reference_runs_the_original_layers_of_the_quantized_model() -
     assert not torch.equal(quantized_out, expected)
 
 
-def test_side_by_side_replays_every_recorded_call_quantized_then_float() -> None:
-    """Each recorded call runs once per mode at its own step (both timestep groups run quantized), and
-    on a GEMM of 1 GMAC the int8 kernel beats the float layer timed beside it (bench/kernels.py: 2.8-5x)."""
+def test_side_by_side_replays_one_call_per_timestep_group_quantized_then_float() -> None:
+    """The call runs at the first step of each timestep group (both groups run quantized), each quantized
+    run followed by a float one, after a warm-up of each; on a GEMM of 1 GMAC the int8 kernel beats the
+    float layer timed beside it (bench/kernels.py: 2.8-5x)."""
     model, x, qm = _big_w8a8()
     layer = qm.layers["big"]
-    original = layer.original[0]
     float_calls: list[int] = []
-    handle = original.register_forward_hook(lambda *_: float_calls.append(1))
-
-    def generation() -> None:
-        for step in range(2):
-            qm.set_step(step)
-            qm.model(x * (step + 1))
-
+    handle = layer.original[0].register_forward_hook(lambda *_: float_calls.append(1))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        calls = record_calls(qm.model, generation)
         layer.ran.clear()
-        quantized_s, float_s = side_by_side(qm, calls)
+        quantized_s, float_s = side_by_side(qm, {"x": x}, TimestepGroups(2, [0, 1]))
     finally:
         torch.set_num_threads(threads)
         handle.remove()
-    assert len(calls) == 2 and torch.equal(calls[1].args[0], x * 2)  # the inputs as the sampler made them
-    assert len(float_calls) == 2 + 1  # each call once, plus one warm-up
-    assert set(layer.ran) == {0, 1}  # replayed at each call's own step
+    rounds = (len(float_calls) - 1) // 2
+    assert 1 <= rounds <= REPLAY_ROUNDS and len(float_calls) == 2 * rounds + 1  # a float call per group and round
+    assert set(layer.ran) == {0, 1}  # replayed at each group's step
     assert 0 < quantized_s < float_s / 1.3, (quantized_s, float_s)
+
+
+def test_a_pair_whose_kernels_were_all_timed_is_not_timed_again(tiny, tiny_input) -> None:
+    """W4A8 runs W8A8's int8 kernel on int8 codes in every layer: adding it to the table costs no call."""
+    ranges = calibrate_activations(tiny, TimestepGroups(1), lambda set_step: (set_step(0), tiny(tiny_input)))
+    calls = {"W8A8": 0, "W8A8,W4A8": 0}
+    for bits in calls:
+        def run(bits: str = bits) -> object:
+            calls[bits] += 1
+            return tiny(tiny_input)
+        table, _ = measure_latency(tiny, run, bits.split(","), "int8", ranges, repeats=2)
+    assert calls["W8A8"] == calls["W8A8,W4A8"] > 0
+    assert table["proj"][Bits(4, 8)] == table["proj"][Bits(8, 8)]
 
 
 def test_pairs_that_run_the_same_kernel_on_the_same_tensors_share_one_timing(tiny, tiny_input) -> None:

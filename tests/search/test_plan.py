@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from quant.budget import Budget
 from quant.config import ConfigError
 from search.cli import app
+from quant.latency import REPLAY_ROUNDS
 from search.plan import Call, Measured, Plan, check_fits, measure_plan, parse_bytes, predict
 from search.spec import StudySpec
 
@@ -61,10 +62,10 @@ def test_a_memory_limit_that_is_not_a_size_is_refused() -> None:
 
 def _measured(**over: object) -> Measured:
     values: dict[str, object] = dict(
-        loaded_bytes=1_000_000_000, weight_bytes=400_000_000, call=Call((1.0, 1.5), (100_000_000, 150_000_000)),
+        load_s=7.0, loaded_bytes=1_000_000_000, weight_bytes=400_000_000, call=Call((1.0, 1.5), (100_000_000, 150_000_000)),
         calibration_overhead=1.2, overhead_s=(0.25, 0.5), apply_s=3.0, quantized_ratio=1.5, applied_bytes=100_000_000,
         estimator_step={"kurtosis": (4.0, 350_000_000)}, estimator_images={"kurtosis": 3}, evaluations=5,
-        full_metrics=True, measures_latency=True)
+        full_metrics=True, measures_latency=True, table_pairs=5)
     values.update(over)
     return Measured(**values)  # type: ignore[arg-type]
 
@@ -82,9 +83,10 @@ def test_stages_follow_the_documented_model() -> None:
     # latency table: 6 rounds of 2 float calls + 5 pairs x (2 float + 2 uniformly quantized calls, 1.5x as
     # long), 44 whole calls, 6 applies
     assert by["latency table"].seconds == pytest.approx((2 + 5 * 2 + 5 * 2 * 1.5) * 6 + 44 + 6 * 3.0)
-    # a cheap evaluation: apply + 2 images x 8 quantized calls (1.5x as long) + 1 image recorded, then its
-    # 8 calls replayed quantized and float (priced as one more quantized image and 8 float calls)
-    cheap = 3.0 + (8 * 1.5 * 1.5 + 2 * 0.25) + 2 * (8 * 1.0 * 1.5 + 0.25) + 8 * 1.0
+    # a cheap evaluation: apply + 2 images x 8 quantized calls (1.5x as long), then a batch-1 call per
+    # timestep group replayed quantized and float (2 groups x 2.5 s: past REPLAY_S, 1 round) after a
+    # warm-up (each group's quantized call and one float call)
+    cheap = 3.0 + (8 * 1.5 * 1.5 + 2 * 0.25) + (2 * 1.5 + 1.0) + 2 * (1.5 + 1.0)
     assert by["each cheap evaluation"].seconds == pytest.approx(cheap)
     reference = 8 * 1.5 + 2 * 0.25
     full = 3.0 + 8 * 1.5 * 1.5 + 2 * 0.25
@@ -102,8 +104,18 @@ def test_quantized_calls_are_priced_at_the_uniform_config_measured() -> None:
     fast, slow = ({s.name: s.seconds for s in predict(SPEC, _measured(quantized_ratio=r)).stages} for r in (0.5, 1.5))
     assert fast["calibration"] == slow["calibration"] and fast["sensitivity: kurtosis"] == slow["sensitivity: kurtosis"]
     assert slow["latency table"] - fast["latency table"] == pytest.approx(5 * 2 * 6 * 1.0)  # 60 calls of 1 s
-    # a cheap evaluation: 2 images x 8 calls (1.5 s) and the recorded image's 8 calls (1 s) run quantized twice
-    assert slow["each cheap evaluation"] - fast["each cheap evaluation"] == pytest.approx(8 * 1.5 + 2 * 8 * 1.0)
+    # a cheap evaluation: 2 images x 8 calls (1.5 s), and 2 groups' calls (1 s) warmed up and replayed
+    assert slow["each cheap evaluation"] - fast["each cheap evaluation"] == pytest.approx(8 * 1.5 + 2 * 2 * 1.0)
+
+
+def test_the_table_prices_only_the_pairs_it_times_and_fast_calls_replay_in_more_rounds() -> None:
+    """Pairs sharing an earlier pair's kernels cost their apply only; calls far under REPLAY_S are replayed
+    in up to REPLAY_ROUNDS rounds."""
+    five, three = (predict(SPEC, _measured(table_pairs=n)).stages[2] for n in (5, 3))
+    assert five.seconds - three.seconds == pytest.approx(2 * 4 * 6 * ((1.0 + 1.5) / 2))  # 2 pairs x 4 calls x 6 rounds
+    fast = {s.name: s.seconds for s in predict(SPEC, _measured(call=Call((0.01, 0.015), (1, 1)))).stages}
+    replay = 2 * 0.015 + 0.01 + REPLAY_ROUNDS * 2 * 0.025  # 5 rounds of 0.05 s stay under REPLAY_S
+    assert fast["each cheap evaluation"] == pytest.approx(3.0 + 8 * 0.015 * 1.5 + 2 * 0.25 + replay)
 
 
 def test_no_full_evaluation_row_where_the_workload_has_no_full_metrics() -> None:
@@ -157,7 +169,7 @@ def test_ray_workers_divide_the_evaluations_time_and_each_holds_a_model() -> Non
     one = predict(SPEC, m).stages[-1]
     two = predict(SPEC, m, workers=2).stages[-1]
     assert two.name == one.name == "all evaluations"
-    assert two.seconds == pytest.approx(one.seconds / 2)
+    assert two.seconds == pytest.approx(m.load_s + one.seconds / 2)  # the workers load their models at once
     # two workers' evaluation peaks, and the coordinator without its model
     assert two.peak_bytes == 2 * one.peak_bytes + m.loaded_bytes - m.weight_bytes
     with pytest.raises(ConfigError, match="all evaluations stage"):
