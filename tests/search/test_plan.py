@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from quant.budget import Budget
 from quant.config import ConfigError
-from search.cli import app
 from quant.latency import REPLAY_ROUNDS
+from search.cli import app
 from search.plan import Call, Measured, Plan, check_fits, measure_plan, parse_bytes, predict
 from search.spec import StudySpec
 
