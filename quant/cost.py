@@ -42,18 +42,27 @@ class TargetTables:
     memory: MemoryTable  # bytes each layer's kernels hold at each bit pair
     rest_latency_s: float  # the rest of one float call: every op outside the quantizable layers
     rest_bytes: int  # parameters and buffers outside the quantizable layers
-    float_format: str  # the target's fastest float format, measured ("bf16" or "fp32")
+    float_format: str  # the reference float format, measured: the fastest of fp32 and bf16 for an fp32
+    # model, the model's own for a bf16 one ("bf16" or "fp32")
     float_latency_s: float  # one denoiser call in it
     float_bytes: int  # the denoiser's resident bytes in it
-    # one call of the model as loaded (fp32), timed beside the fastest float: what an evaluation's
-    # side-by-side float reference runs (None in tables stored before it: then the rest plus the layers)
-    fp32_latency_s: float | None = None
+    # one call of the model as loaded, timed beside the reference float: what an evaluation's side-by-side
+    # float reference runs (None in tables stored before it: then the rest plus the layers)
+    loaded_latency_s: float | None = None
+    loaded_format: str = "fp32"  # the model's own float format: what the layers' W16A16 entries time
 
     @property
-    def fp32_call_s(self) -> float:
-        """Seconds of one denoiser call of the fp32 model, as these tables measured it."""
-        if self.fp32_latency_s is not None:
-            return self.fp32_latency_s
+    def reference_words(self) -> str:
+        """The reference float format and how it was chosen, for messages."""
+        if self.loaded_format != "fp32":
+            return f"the model's own float format, {self.float_format} (as loaded; fp32 not timed)"
+        return f"the fastest float format here, {self.float_format}"
+
+    @property
+    def loaded_call_s(self) -> float:
+        """Seconds of one denoiser call of the model as loaded, as these tables measured it."""
+        if self.loaded_latency_s is not None:
+            return self.loaded_latency_s
         return self.rest_latency_s + sum(per[FULL_PRECISION] for per in self.latency.values() if FULL_PRECISION in per)
 
     def to_dict(self) -> dict[str, object]:
@@ -61,17 +70,19 @@ class TargetTables:
                 "memory": {f: {str(b): n for b, n in per.items()} for f, per in self.memory.items()},
                 "rest_latency_s": self.rest_latency_s, "rest_bytes": self.rest_bytes,
                 "float_format": self.float_format, "float_latency_s": self.float_latency_s,
-                "float_bytes": self.float_bytes, "fp32_latency_s": self.fp32_latency_s}
+                "float_bytes": self.float_bytes, "loaded_latency_s": self.loaded_latency_s,
+                "loaded_format": self.loaded_format}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> TargetTables:
         latency = cast("Mapping[str, Mapping[str, float]]", d["latency"])
         memory = cast("Mapping[str, Mapping[str, int]]", d["memory"])
+        loaded = d.get("loaded_latency_s", d.get("fp32_latency_s"))  # its name before bf16 models were timed
         return cls({f: {Bits.parse(b): float(s) for b, s in per.items()} for f, per in latency.items()},
                    {f: {Bits.parse(b): int(n) for b, n in per.items()} for f, per in memory.items()},
                    float(cast(float, d["rest_latency_s"])), int(cast(int, d["rest_bytes"])), str(d["float_format"]),
                    float(cast(float, d["float_latency_s"])), int(cast(int, d["float_bytes"])),
-                   None if d.get("fp32_latency_s") is None else float(cast(float, d["fp32_latency_s"])))
+                   None if loaded is None else float(cast(float, loaded)), str(d.get("loaded_format", "fp32")))
 
 
 @dataclass(frozen=True)

@@ -127,20 +127,26 @@ def _record_held(table: dict[str, dict[Bits, int]], bits: Bits, qm: QuantizedMod
 def measure_tables(model: nn.Module, inputs: Mapping[str, Any], bits: Sequence[Bits | str],
                    backend: str = "int8", ranges: ActivationRanges | None = None,
                    repeats: int = 5) -> TargetTables:
-    """Measure `model` (float32, as loaded) on this machine with `backend`'s kernels; one denoiser call
-    is `model(**inputs)`. One clock for every figure: the layers' entries and the rest of the call are
-    timed in whole calls, each pair beside the float model (`measure_latency`); the fp32 call is their
-    sum, and the bf16 copy's call is put on that clock by the two whole calls timed side by side. The
-    float format is whichever of fp32 and bf16 runs one whole call faster."""
-    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
-    if dtypes - {torch.float32}:
-        raise ValueError(f"measure_tables times the model as fp32 but it holds {sorted(map(str, dtypes))}; "
-                         "load it in float32")
+    """Measure `model` (float32 or bfloat16, as loaded) on this machine with `backend`'s kernels; one
+    denoiser call is `model(**inputs)`. One clock for every figure: the layers' entries and the rest of
+    the call are timed in whole calls, each pair beside the float model (`measure_latency`); the call of
+    the model as loaded is their sum. An fp32 model's bf16 copy is put on that clock by the two whole
+    calls timed side by side, and the reference float format is whichever of fp32 and bf16 runs one
+    whole call faster. A bf16 model is its own reference: no fp32 copy is made (it would hold twice the
+    weights the user loaded bf16 to save), so fp32 is not timed."""
+    loaded = loaded_format(model)
     with torch.no_grad():
         memory = _float_layer_bytes(model)  # filled while the latency table applies each pair: one pass
         latency, rest_latency_s = measure_latency(model, lambda: model(**inputs), bits, backend, ranges, repeats,
                                                   while_applied=lambda b, qm: _record_held(memory, b, qm))
-        fp32_clock = rest_latency_s + sum(per[FULL] for per in latency.values())
+        loaded_clock = rest_latency_s + sum(per[FULL] for per in latency.values())
+        layers = quantizable_modules(model)
+        in_layers = storage_bytes(t for m, _kind in layers.values() for t in (*m.parameters(), *m.buffers()))
+        rest_bytes = storage_bytes([*model.parameters(), *model.buffers()]) - in_layers
+        if loaded == BF16:
+            return TargetTables(latency, memory, rest_latency_s, rest_bytes, BF16, loaded_clock, resident_bytes(model),
+                                loaded_clock, BF16)
+        fp32_clock = loaded_clock
         half = copy.deepcopy(model).to(torch.bfloat16)
         half_inputs = _to_bf16(inputs)
         # whole calls are cheap next to the table: more repeats steady the ratio of the two floats, the
@@ -148,25 +154,33 @@ def measure_tables(model: nn.Module, inputs: Mapping[str, Any], bits: Sequence[B
         fp32_s, bf16_s = time_calls([lambda: model(**inputs), lambda: half(**half_inputs)], 4 * repeats + 1)
         fp32 = (fp32_clock, FP32, resident_bytes(model))
         bf16 = (fp32_clock * bf16_s / max(fp32_s, 1e-12), BF16, resident_bytes(half))
-    layers = quantizable_modules(model)
-    in_layers = storage_bytes(t for m, _kind in layers.values() for t in (*m.parameters(), *m.buffers()))
-    rest_bytes = storage_bytes([*model.parameters(), *model.buffers()]) - in_layers
     seconds, name, nbytes = min(fp32, bf16)
-    return TargetTables(latency, memory, rest_latency_s, rest_bytes, name, seconds, nbytes, fp32_clock)
+    return TargetTables(latency, memory, rest_latency_s, rest_bytes, name, seconds, nbytes, fp32_clock, FP32)
+
+
+def loaded_format(model: nn.Module) -> str:
+    """FP32 or BF16: the float format every floating tensor of `model` is in (ValueError for any other,
+    or a mix: the tables time one float format as loaded)."""
+    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+    for dtype, name in ((torch.float32, FP32), (torch.bfloat16, BF16)):
+        if dtypes <= {dtype}:
+            return name
+    raise ValueError(f"the latency tables time a model held in float32 or bfloat16, but it holds "
+                     f"{', '.join(sorted(str(d).removeprefix('torch.') for d in dtypes))}; load it in one of those")
 
 
 def describe(tables: TargetTables, formats: Sequence[Format]) -> list[dict[str, object]]:
     """One row per format: one denoiser call's latency (ms) and resident MB if the whole model ran in
-    it (the measured call for the fastest float, its layers' entries plus the rest otherwise), and both
-    relative to the fastest float format (x). The slower float's row is measured only for fp32 (its
-    layers at W16A16); a slower bf16 was not recorded: None."""
+    it (the measured call for the reference float, its layers' entries plus the rest otherwise), and both
+    relative to the reference float format (x). A float format that is not the reference is known only
+    as the model was loaded (its layers at W16A16); another was not timed: None."""
     rows: list[dict[str, object]] = []
     for f in formats:
         seconds: float | None
         nbytes: int | None
         if f.name == tables.float_format:
             seconds, nbytes = tables.float_latency_s, tables.float_bytes
-        elif f.name == BF16:
+        elif f.bits.is_full_precision and f.name != tables.loaded_format:
             seconds = nbytes = None
         else:
             seconds = tables.rest_latency_s + sum(entry(tables.latency, fqn, f.bits) for fqn in tables.latency)

@@ -798,15 +798,16 @@ def targets(
         rows = describe(tables, formats(backend, pairs))
     except (BitsearchError, ValueError) as e:
         _fail(e)
-    table = Table("format", "bits", "runs as", "ms/call", "x fastest float", "MB", "x fastest float",
+    table = Table("format", "bits", "runs as", "ms/call", "x reference", "MB", "x reference",
                   title=f"formats of the {backend} target on this machine, measured on {model} ({threads} thread(s))")
     for r in rows:
         table.add_row(*(f"{v:.3g}" if isinstance(v, float) else "-" if v is None else str(v) for v in (
             r["name"], r["bits"], r["label"], r["latency_ms"], r["latency_x"], r["memory_mb"], r["memory_x"])))
     Console().print(table)
-    typer.echo(f"fastest float format: {tables.float_format} ({tables.float_latency_s * 1e3:.3g} ms per call); "
+    typer.echo(f"reference: {tables.reference_words} ({tables.float_latency_s * 1e3:.3g} ms per call); "
                "x < 1 is faster or smaller than it. Quantized rows: each layer timed inside whole calls beside "
-               "its float forward, plus the rest of the call in fp32 (predictions, as the solver uses them).")
+               f"its float forward, plus the rest of the call in {tables.loaded_format} (predictions, as the solver "
+               "uses them).")
     for r in rows:
         typer.echo(f"  {r['name']}: {r['description']}")
 
@@ -1138,7 +1139,7 @@ def _print_front_notes(study: Study, rows: list[dict[str, object]]) -> None:
     tables = study.cache.solved_tables()
     if tables is not None:
         typer.echo(f"latency: CPU ms per denoiser call at batch 1, measured; memory: resident MB, measured. The "
-                   f"fastest float format here, {tables.float_format}: {tables.float_latency_s * 1e3:.3g} ms, "
+                   f"reference, {tables.reference_words}: {tables.float_latency_s * 1e3:.3g} ms, "
                    f"{tables.float_bytes / 1e6:.3g} MB (what relative budgets like memory=0.5x refer to).")
     if rows and "formats" in rows[0]:
         typer.echo("formats: share of layer slots per run label (i8 int8-kernel, wo weight-only-kernel, deq "

@@ -77,12 +77,13 @@ def _costs(evaluations: Sequence[EvaluationInfo], layers: Sequence[Layer],
 
 def measured_latency(evaluation: EvaluationInfo, tables: TargetTables | None) -> float:
     """Seconds per denoiser call as measured: the candidate's ratio to the float model timed side by side
-    (call by call, same inputs) times the fp32 call of the tables its prediction and budget come from, so
+    (call by call, same inputs) times the tables' call of the model as loaded (their clock: its prediction
+    and budget come from them), so
     that measured, predicted and the budget's cap share one clock whatever loaded the machine meanwhile;
     the latency timed alone where there is no side-by-side float time or no tables."""
     assert evaluation.latency_s is not None
     if evaluation.float_latency_s and tables is not None:
-        return evaluation.latency_s / evaluation.float_latency_s * tables.fp32_call_s
+        return evaluation.latency_s / evaluation.float_latency_s * tables.loaded_call_s
     return evaluation.latency_s
 
 

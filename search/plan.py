@@ -24,8 +24,9 @@
   pair the table times (`quant.latency.timed_pairs`, judged on one layer of each kind) 1 + 5 rounds of
   whole calls, each call made clocked and plain (`quant.latency.in_context`), a quantized pair's calls alternating with
   the float model's (4 calls a round, 2 of them quantized: priced at the measured uniform config's
-  speed; the float reference's own pass 2), plus 2 x 22 whole calls (fp32 and a bf16 copy); peak:
-  the model, a bf16 copy (half), what an applied config holds and one call's activations;
+  speed; the float reference's own pass 2), plus for an fp32 model 2 x 22 whole calls (fp32 and a
+  bf16 copy); peak: the model, an fp32 model's bf16 copy (half), what an applied config holds and one
+  call's activations;
 - each cheap / full evaluation: applying a config, then `eval_samples` (`full_samples`) images x
   `num_steps` calls, the cheap one plus one batch-1 call per timestep group replayed quantized and
   float for latency, in rounds, after a warm-up (`quant.latency.side_by_side`); quantized calls priced
@@ -110,6 +111,7 @@ class Measured:
     full_metrics: bool  # whether the workload has alignment or distribution metrics
     measures_latency: bool  # False on a simulating backend: no latency table
     table_pairs: int  # quantized pairs the latency table times (pairs sharing another's kernels are not)
+    bf16_copy: bool  # the table also times a bf16 copy (an fp32 model; a bf16 one is its own reference)
 
 
 @dataclass(frozen=True)
@@ -145,14 +147,15 @@ def measure_plan(spec: StudySpec) -> Measured:
     from quant.latency import timed_pairs
     from quant.layers import inventory, quantizable_modules
     from quant.resident import PeakResident, resident_bytes
+    from quant.targets import FP32, loaded_format
     from search.baselines import baseline_configs
-    from search.study import check_float32
+    from search.study import check_float_format
     from workloads.base import denoiser_inputs
 
     t0 = time.process_time()
     workload = spec.load_workload()
     load_s = time.process_time() - t0
-    check_float32(workload, spec.backend)
+    check_float_format(workload, spec.backend)
     inputs = denoiser_inputs(workload)
     layers = inventory(workload.denoiser, inputs)
     loaded = resident_bytes()
@@ -186,7 +189,7 @@ def measure_plan(spec: StudySpec) -> Measured:
                     calibration / max(call.seconds[0], 1e-9), (max(0.0, generation[0]), max(0.0, generation[1])), apply_s,
                     quantized_s / max(call.seconds[0], 1e-9), held.peak_increase_bytes, steps, images,
                     baselines + spec.trials, bool(workload.full_metric_families()),
-                    not get_backend(spec.backend).simulates, timed)
+                    not get_backend(spec.backend).simulates, timed, loaded_format(denoiser) == FP32)
 
 
 def predict(spec: StudySpec, m: Measured, workers: int = 1) -> Plan:
@@ -216,13 +219,13 @@ def predict(spec: StudySpec, m: Measured, workers: int = 1) -> Plan:
                             f"1 image x {MEASURED_STEPS} steps measured; {n} images x {steps} steps",
                             "a lighter estimator, or fewer images (estimator option n_images)"))
     if m.measures_latency:
-        calls = (2 + 4 * m.table_pairs) * (TABLE_REPEATS + 1) + WHOLE_CALLS
+        calls = (2 + 4 * m.table_pairs) * (TABLE_REPEATS + 1) + (WHOLE_CALLS if m.bf16_copy else 0)
         # half of each pair's calls run the pair applied uniformly: priced at the uniform config measured
         # (an SD1.5-size table took 0.64x of a plan that priced them as float calls)
         quantized = 2 * m.table_pairs * (TABLE_REPEATS + 1)
         seconds = (calls - quantized + quantized * m.quantized_ratio) * call.time_at(1)
         stages.append(Stage("latency table", seconds + (len(spec.bits) + 1) * m.apply_s,
-                            base + m.weight_bytes // 2 + m.applied_bytes + call.bytes_at(1),
+                            base + (m.weight_bytes // 2 if m.bf16_copy else 0) + m.applied_bytes + call.bytes_at(1),
                             f"{len(spec.bits) + 1} bit pairs applied, {m.table_pairs + 1} timed; {calls} whole "
                             "calls (each pair beside the float model, clocked and plain)",
                             "a smaller model (the table applies it whole)"))

@@ -62,7 +62,7 @@ class Study:
         check_samples(spec.model, eval_samples=spec.eval_samples, full_samples=spec.full_samples,
                       calibration_samples=spec.calibration_samples)
         workload = spec.load_workload()
-        check_float32(workload, spec.backend)
+        check_float_format(workload, spec.backend)
         layers = inventory(workload.denoiser, denoiser_inputs(workload))
         check_budget(spec, layers)
         study = cls(name, spec, Storage(db), workload)
@@ -263,15 +263,19 @@ class Study:
         return pareto(self.front_points(), objectives)
 
 
-def check_float32(workload: Workload, backend: str) -> None:
-    """A backend that measures (not simulates) times the model in float32 for its latency table: refuse
-    another dtype before any stage runs, not at the table after calibration and sensitivity."""
+def check_float_format(workload: Workload, backend: str) -> None:
+    """A backend that measures (not simulates) times the model as loaded for its latency table, in
+    float32 or bfloat16 (`quant.targets.loaded_format`): refuse another dtype before any stage runs, not
+    at the table after calibration and sensitivity."""
     from quant.backends.base import get_backend
+    from quant.targets import loaded_format
 
-    dtypes = {str(p.dtype).removeprefix("torch.") for p in workload.denoiser.parameters() if p.is_floating_point()}
-    if dtypes - {"float32"} and not get_backend(backend).simulates:
-        raise ConfigError(f"the {backend} backend's latency table times the denoiser in float32 but it holds "
-                          f"{', '.join(sorted(dtypes))}; load it in float32 (drop --dtype / torch_dtype)")
+    if get_backend(backend).simulates:
+        return
+    try:
+        loaded_format(workload.denoiser)
+    except ValueError as e:
+        raise ConfigError(f"the {backend} backend's {e} (--dtype float32 or bfloat16)") from None
 
 
 def seconds_left(deadline: float | None) -> float | None:

@@ -163,6 +163,22 @@ def test_measure_tables_and_describe(net: Net, x: torch.Tensor, ranges: Activati
     assert rows["int4-weight-only"]["memory_mb"] < rows["w4a8-int8-container"]["memory_mb"]  # type: ignore[operator]
 
 
-def test_measure_tables_wants_an_fp32_model(net: Net, x: torch.Tensor) -> None:
-    with pytest.raises(ValueError, match="load it in float32"):
-        measure_tables(net.to(torch.bfloat16), {"x": x}, ["W8A16"])
+def test_a_bf16_model_is_timed_as_loaded_and_is_its_own_reference(net: Net, x: torch.Tensor) -> None:
+    """Its layers' W16A16 entries are bf16 layers, its call the reference; no fp32 copy is made or timed."""
+    half, hx = net.to(torch.bfloat16), x.to(torch.bfloat16)
+    ranges = calibrate_activations(half, GROUPS, lambda set_step: (set_step(0), half(hx)))
+    tables = measure_tables(half, {"x": hx}, ["W8A8", "W4A16"], "int8", ranges, repeats=2)
+    assert (tables.float_format, tables.loaded_format) == (BF16, BF16)
+    assert tables.float_bytes == resident_bytes(half) and tables.memory["fc1"][FULL] == (64 * 32 + 64) * 2
+    assert tables.loaded_call_s == tables.float_latency_s == pytest.approx(
+        tables.rest_latency_s + sum(per[FULL] for per in tables.latency.values()))
+    assert all(s > 0 for per in tables.latency.values() for s in per.values())
+    assert TargetTables.from_dict(tables.to_dict()) == tables
+    rows = {r["name"]: r for r in describe(tables, formats("int8", ["W8A8", "W4A16"]))}
+    assert rows[BF16]["latency_x"] == 1.0 and rows[FP32]["latency_ms"] is None  # fp32 was not timed
+    assert rows["int8"]["memory_x"] < 1.0  # type: ignore[operator]
+
+
+def test_measure_tables_refuses_a_float_format_it_cannot_time(net: Net, x: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="holds float16; load it in one of those"):
+        measure_tables(net.to(torch.float16), {"x": x.half()}, ["W8A16"])

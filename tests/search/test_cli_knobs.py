@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from quant.budget import Budget
@@ -167,10 +168,32 @@ def test_named_options_and_plan_options_are_in_the_help() -> None:
     assert "--name" not in plan.output and "--executor" not in plan.output  # what is searched, not how it runs
 
 
-def test_a_bf16_model_is_refused_before_any_stage_by_a_backend_that_times_float32(sd_dir: Path, tmp_path: Path) -> None:
-    db = tmp_path / "bf.db"
+def test_a_bf16_model_is_searched_on_the_int8_kernels_as_its_own_reference(sd_dir: Path, tmp_path: Path) -> None:
+    """--dtype bfloat16: the study runs every stage with the bf16 weights (half the bytes), its tables
+    time the model as loaded and take it as the reference of relative budgets, and its candidates run
+    on the int8 kernels."""
+    from search.study import Study
+
+    db = str(tmp_path / "bf.db")
     out = CliRunner().invoke(app, ["launch", "--name", "bf", "--model", str(sd_dir), "--dtype", "bfloat16",
+                                   "--bits", "W8A8,W6A8,W4A8", "--db", db, *SMALL[:-2], "--budget", "memory=0.7x"])
+    assert out.exit_code == 0, out.output
+    study = Study.load("bf", db)
+    denoiser = study.workload.denoiser
+    assert {p.dtype for p in denoiser.parameters()} == {torch.bfloat16}
+    tables = study.cache.solved_tables()
+    assert tables is not None and (tables.float_format, tables.loaded_format) == ("bf16", "bf16")
+    assert tables.float_bytes == 2 * sum(p.numel() for p in denoiser.parameters())
+    evaluations = [e for e in Storage(db).list_evaluations("bf") if e.candidate_id != 0]
+    assert evaluations and all(e.measured and e.run_labels.get("int8-kernel") for e in evaluations)
+    assert all(e.peak_memory_bytes is not None and e.peak_memory_bytes < 0.7 * tables.float_bytes for e in evaluations)
+    assert "the model's own float format, bf16" in CliRunner().invoke(app, ["pareto", "bf", "--db", db]).output
+
+
+def test_a_float_format_the_tables_cannot_time_is_refused_before_any_stage(sd_dir: Path, tmp_path: Path) -> None:
+    db = tmp_path / "half.db"
+    out = CliRunner().invoke(app, ["launch", "--name", "h", "--model", str(sd_dir), "--dtype", "float16",
                                    "--db", str(db), *SMALL])
     assert out.exit_code == 2
     (line,) = _error_lines(out.output)
-    assert "holds bfloat16; load it in float32" in line and not db.exists()
+    assert "holds float16; load it in one of those (--dtype float32 or bfloat16)" in line and not db.exists()

@@ -65,10 +65,10 @@ def test_measured_latency_is_the_side_by_side_ratio_on_the_tables_clock() -> Non
     ev = EvaluationInfo(1, 1, 1, "cheap", {"psnr_db": 30.0}, 0.030, 0.040, 10, {"int8-kernel": 4}, 4, 0, "int8",
                         "host", True, None, 1.0, now, {}, "ilp")
     tables = TargetTables({"ff": {Bits(16, 16): 0.008}}, {"ff": {Bits(16, 16): 10}}, 0.002, 0, "bf16", 0.006, 10,
-                          fp32_latency_s=0.012)
+                          loaded_latency_s=0.012)
     # timed on a loaded machine: 30 ms quantized beside 40 ms float -> 0.75 x the tables' 12 ms fp32 call
     assert measured_latency(ev, tables) == pytest.approx(0.009)
     assert measured_latency(replace(ev, float_latency_s=None), tables) == pytest.approx(0.030)  # timed alone
     assert measured_latency(ev, None) == pytest.approx(0.030)
-    # tables stored before fp32_latency_s: their fp32 call is the rest plus the layers' float entries
-    assert measured_latency(ev, replace(tables, fp32_latency_s=None)) == pytest.approx(0.75 * 0.010)
+    # tables stored before loaded_latency_s: their fp32 call is the rest plus the layers' float entries
+    assert measured_latency(ev, replace(tables, loaded_latency_s=None)) == pytest.approx(0.75 * 0.010)

@@ -65,7 +65,7 @@ def _measured(**over: object) -> Measured:
         load_s=7.0, loaded_bytes=1_000_000_000, weight_bytes=400_000_000, call=Call((1.0, 1.5), (100_000_000, 150_000_000)),
         calibration_overhead=1.2, overhead_s=(0.25, 0.5), apply_s=3.0, quantized_ratio=1.5, applied_bytes=100_000_000,
         estimator_step={"kurtosis": (4.0, 350_000_000)}, estimator_images={"kurtosis": 3}, evaluations=5,
-        full_metrics=True, measures_latency=True, table_pairs=5)
+        full_metrics=True, measures_latency=True, table_pairs=5, bf16_copy=True)
     values.update(over)
     return Measured(**values)  # type: ignore[arg-type]
 
@@ -113,6 +113,8 @@ def test_the_table_prices_only_the_pairs_it_times_and_fast_calls_replay_in_more_
     in up to REPLAY_ROUNDS rounds."""
     five, three = (predict(SPEC, _measured(table_pairs=n)).stages[2] for n in (5, 3))
     assert five.seconds - three.seconds == pytest.approx(2 * 4 * 6 * ((1.0 + 1.5) / 2))  # 2 pairs x 4 calls x 6 rounds
+    bf16 = predict(SPEC, _measured(bf16_copy=False)).stages[2]  # a bf16 model: no copy timed or held
+    assert five.seconds - bf16.seconds == pytest.approx(44 * 1.0) and five.peak_bytes - bf16.peak_bytes == 200_000_000
     fast = {s.name: s.seconds for s in predict(SPEC, _measured(call=Call((0.01, 0.015), (1, 1)))).stages}
     replay = 2 * 0.015 + 0.01 + REPLAY_ROUNDS * 2 * 0.025  # 5 rounds of 0.05 s stay under REPLAY_S
     assert fast["each cheap evaluation"] == pytest.approx(3.0 + 8 * 0.015 * 1.5 + 2 * 0.25 + replay)
