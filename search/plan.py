@@ -1,7 +1,7 @@
 """A study's plan: its predicted time and peak memory per stage, from a few measurements, before it runs.
 
 `measure_plan(spec)` loads the workload and measures, on this machine:
-- the CPU seconds of loading the model (each Ray worker loads its own) and the process's resident
+- the wall seconds of loading the model (each Ray worker loads its own) and the process's resident
   bytes with it loaded (what every stage starts from);
 - one denoiser call at batch 1 and at batch 2 (process CPU seconds of 1 call after a warm-up, the
   median of up to 5 where calls are fast, and the
@@ -96,7 +96,7 @@ def affine(at_1_and_2: tuple[float, float], batch: int) -> float:
 class Measured:
     """What `measure_plan` measured (see the module docstring)."""
 
-    load_s: float  # seconds to load the workload (each Ray worker loads its own)
+    load_s: float  # wall seconds to load the workload (each Ray worker loads its own)
     loaded_bytes: int  # resident bytes of the process with the model loaded
     weight_bytes: int  # the denoiser's parameters and buffers
     call: Call
@@ -152,9 +152,9 @@ def measure_plan(spec: StudySpec) -> Measured:
     from search.study import check_float_format
     from workloads.base import denoiser_inputs
 
-    t0 = time.process_time()
+    t0 = time.perf_counter()  # wall: loading waits on the disk (and memory-mapped weights fault in later)
     workload = spec.load_workload()
-    load_s = time.process_time() - t0
+    load_s = time.perf_counter() - t0
     check_float_format(workload, spec.backend)
     inputs = denoiser_inputs(workload)
     layers = inventory(workload.denoiser, inputs)
