@@ -29,6 +29,7 @@ model run) and prints the plan's estimate of the whole study.
     python bench/scale.py --arch sdxl          # SDXL-size: no sensitivity or evaluations
     python bench/scale.py --latent 8 --steps 2 --trials 1 --eval-samples 1   # a smoke run
     python bench/scale.py --latent 8 --steps 2 --trials 2 --workers 2          # Ray workers' memory
+    python bench/scale.py --dtype bfloat16     # a bf16 study (where bf16 is the machine's fastest float)
 """
 
 from __future__ import annotations
@@ -161,6 +162,8 @@ def main() -> None:
     ap.add_argument("--baselines", default="W8A8", help="comma-separated (default: uniform W8A8 only)")
     ap.add_argument("--bits", default=None, help="candidate bit pairs (default: the study's)")
     ap.add_argument("--budget", default="latency=0.8x,memory=0.5x")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="the pipeline's dtype (bfloat16: half the weights' memory, the bf16 model its own reference)")
     ap.add_argument("--workers", type=int, default=1,
                     help="evaluate on this many Ray workers (each loads its own model; the peak is then summed "
                          "over every process, Ray's own included, and the stage compared by wall time)")
@@ -187,7 +190,8 @@ def main() -> None:
         "eval_samples": args.eval_samples, "baselines": tuple(args.baselines.split(",")),
         "bits": None if args.bits is None else tuple(args.bits.split(",")),
         "estimator_options": None if args.estimator_images is None else (f"n_images={args.estimator_images}",),
-        "workload_options": ("prompts=[\"a photograph of an astronaut riding a horse\"]",)})
+        "workload_options": ("prompts=[\"a photograph of an astronaut riding a horse\"]",
+                             *(() if args.dtype == "float32" else (f"torch_dtype={args.dtype}",)))})
     print(sized or "no default sized")
     rows: list[dict[str, object]] = []
     t0 = time.perf_counter()
@@ -230,7 +234,7 @@ def main() -> None:
     def seconds(row: dict[str, object]) -> float:  # CPU of this process; wall where Ray workers did the work
         return float(row["wall_s"] if row["processes"] else row["cpu_s"])
 
-    print(f"\n{arch.label} ({sum(x.params for x in layers) / 1e6:.0f} M parameters in {len(layers)} layers), "
+    print(f"\n{arch.label} ({sum(x.params for x in layers) / 1e6:.0f} M parameters in {len(layers)} layers, {args.dtype}), "
           f"{args.latent}x{args.latent} latents, {args.steps} steps, {args.groups} groups, {estimator}, "
           f"{len(evaluations)} evaluations")
     print(f"{'stage':<26}{'wall s':>8}{'cpu s':>8}{'pred s':>8}{'x pred':>8}{'peak GB':>9}{'pred GB':>9}{'x pred':>8}")

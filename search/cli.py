@@ -333,9 +333,9 @@ WORKLOAD_FLAGS: dict[str, tuple[str, str]] = {
                 "Same as --workload-option prompts=FILE."),
     "scheduler": ("scheduler", "Diffusers scheduler class to sample with, built from the saved one's config, "
                   "e.g. DDIMScheduler. Same as --workload-option scheduler=NAME."),
-    "dtype": ("torch_dtype", "Torch dtype of the pipeline, e.g. float32 (default) or bfloat16 (half the float "
-              "model's memory); the int8 backend's latency table times float32 only, so it refuses bfloat16 for "
-              "now. Same as --workload-option torch_dtype=NAME."),
+    "dtype": ("torch_dtype", "Torch dtype of the pipeline: float32 (default) or bfloat16 (half the float model's "
+              "memory; the study then runs, and compares against, the bf16 model as loaded). Same as "
+              "--workload-option torch_dtype=NAME."),
 }
 
 
