@@ -104,7 +104,7 @@ def timed_pairs(modules: Sequence[tuple[nn.Module, LayerKind]], bits: Sequence[B
                 backend: str | Backend = "int8") -> list[Bits]:
     """The pairs of `bits` (full precision included) `measure_latency` times on a model of these layers:
     a pair is skipped when every layer runs a kernel an earlier pair ran (`kernel_key`). Judged on the
-    `modules` given (the plan passes one layer of each kind: kernels are chosen by kind)."""
+    `modules` given (the plan passes one layer of each kind and weight shape: kernels are chosen by those)."""
     be = get_backend(backend)
     pairs = sorted({FULL, *(Bits.parse(x) for x in bits)})
     seen: set[tuple[int, tuple[object, ...]]] = set()

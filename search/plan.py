@@ -21,9 +21,9 @@
   estimators run their images as one batch, per step; the decoupled one also per group, which this
   does not count), peak: the one-step peak plus the activations of its extra images;
 - latency table: per bit pair and the float reference, an apply, and for the float reference and each
-  pair the table times (`quant.latency.timed_pairs`, judged on one layer of each kind) 1 + 5 rounds of
-  whole calls, each call made clocked and plain (`quant.latency.in_context`), a quantized pair's calls alternating with
-  the float model's (4 calls a round, 2 of them quantized: priced at the measured uniform config's
+  pair the table times (`quant.latency.timed_pairs`, judged on a layer of each kind and shape) 1 + 5
+  rounds of whole calls, each call made clocked and plain (`quant.latency.in_context`), a quantized
+  pair's calls alternating with the float model's (4 calls a round, 2 of them quantized: priced at the measured uniform config's
   speed; the float reference's own pass 2), plus for an fp32 model 2 x 22 whole calls (fp32 and a
   bf16 copy); peak: the model, an fp32 model's bf16 copy (half), what an applied config holds and one
   call's activations;
@@ -183,8 +183,9 @@ def measure_plan(spec: StudySpec) -> Measured:
             seconds, peak = _run(partial(estimator.estimate, workload, layers, list(spec.bits), 1))
             steps[name], images[name] = (seconds / MEASURED_STEPS, peak), n
     baselines = sum(len(baseline_configs([b], spec.bits, spec.groups, layers)) for b in spec.baselines)
-    kinds = {kind: module for module, kind in reversed(quantizable_modules(denoiser).values())}  # first of each
-    timed = len(timed_pairs([(module, kind) for kind, module in kinds.items()], spec.bits, spec.backend)) - 1
+    # kernels are chosen by a layer's kind and shape: one layer of each (SD1.5: 40 of 282) tells the pairs apart
+    shapes = {(kind, tuple(m.weight.shape)): (m, kind) for m, kind in reversed(quantizable_modules(denoiser).values())}
+    timed = len(timed_pairs(list(shapes.values()), spec.bits, spec.backend)) - 1
     return Measured(load_s, loaded, storage_bytes([*denoiser.parameters(), *denoiser.buffers()]), call,
                     calibration / max(call.seconds[0], 1e-9), (max(0.0, generation[0]), max(0.0, generation[1])), apply_s,
                     quantized_s / max(call.seconds[0], 1e-9), held.peak_increase_bytes, steps, images,
