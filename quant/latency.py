@@ -69,7 +69,7 @@ def measure_latency(model: nn.Module, run: Callable[[], Any], bits: Sequence[Bit
         keys = {fqn: kernel_key(layer.kernels[b]) for fqn, layer in qm.layers.items()
                 if not b.is_full_precision}
         if keys and all((fqn, key) in ratios for fqn, key in keys.items()):
-            # every layer runs a kernel an earlier pair timed (W4A8 and W6A8 after W8A8): nothing new to time
+            # every layer runs a kernel an earlier pair timed (W6A8 and W8A8 after W4A8): nothing new to time
             kernel_of.update({(fqn, b): (fqn, key) for fqn, key in keys.items()})
             kernel_of.update({(fqn, b): None for fqn in floats if fqn not in keys})
             if while_applied is not None:

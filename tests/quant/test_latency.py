@@ -7,7 +7,8 @@ import torch
 from quant.apply import QuantizedModel, apply
 from quant.calibrate import calibrate_activations
 from quant.config import BitConfig, Bits, TimestepGroups
-from quant.latency import REPLAY_ROUNDS, in_context, measure_latency, side_by_side
+from quant.latency import REPLAY_ROUNDS, in_context, measure_latency, side_by_side, timed_pairs
+from quant.layers import quantizable_modules
 
 
 def test_latency_table_covers_every_layer_and_bit_width_and_restores_the_model(tiny, tiny_input) -> None:
@@ -111,7 +112,7 @@ def test_side_by_side_replays_one_call_per_timestep_group_quantized_then_float()
 
 
 def test_a_pair_whose_kernels_were_all_timed_is_not_timed_again(tiny, tiny_input) -> None:
-    """W4A8 runs W8A8's int8 kernel on int8 codes in every layer: adding it to the table costs no call."""
+    """W4A8 and W8A8 run one int8 kernel on int8 codes in every layer: the second costs the table no call."""
     ranges = calibrate_activations(tiny, TimestepGroups(1), lambda set_step: (set_step(0), tiny(tiny_input)))
     calls = {"W8A8": 0, "W8A8,W4A8": 0}
     for bits in calls:
@@ -131,3 +132,21 @@ def test_pairs_that_run_the_same_kernel_on_the_same_tensors_share_one_timing(tin
                             repeats=2)
     assert table["proj"][Bits(4, 8)] == table["proj"][Bits(8, 8)]
     assert table["proj"][Bits(4, 16)] != table["proj"][Bits(8, 16)]
+
+
+def test_timed_pairs_says_which_pairs_the_table_times(tiny, tiny_input) -> None:
+    """What the plan prices: judged on a layer of each kind and shape, the pairs `measure_latency` times
+    (the float pass: 2 calls a round; each timed pair: 4, beside the float model)."""
+    bits = ["W8A8", "W6A8", "W4A8", "W8A16", "W4A16"]
+    ranges = calibrate_activations(tiny, TimestepGroups(1), lambda set_step: (set_step(0), tiny(tiny_input)))
+    calls = [0]
+
+    def run() -> object:
+        calls[0] += 1
+        return tiny(tiny_input)
+
+    measure_latency(tiny, run, bits, "int8", ranges, repeats=1)
+    shapes = {(kind, tuple(m.weight.shape)): (m, kind) for m, kind in quantizable_modules(tiny).values()}
+    timed = timed_pairs(list(shapes.values()), bits)
+    assert sum(b.a == 8 for b in timed) == 1  # W4A8, W6A8, W8A8: one int8 kernel on int8 codes, timed once
+    assert calls[0] == 2 * 2 + 4 * 2 * (len(timed) - 1)
