@@ -175,9 +175,11 @@ def _denoiser_hooks(denoiser: nn.Module, pre: Callable[..., Any] | None = None,
             h.remove()
 
 
-def record_calls(workload: Workload, batch: Batch) -> tuple[Generation, list[StepCall]]:
+def record_calls(workload: Workload, batch: Batch,
+                 on_step: Callable[[int], None] | None = None) -> tuple[Generation, list[StepCall]]:
     """Generate `batch` in full precision, recording every denoiser call with its step (inputs that do
-    not change between calls are stored once: what grows with the steps is the latents alone)."""
+    not change between calls are stored once: what grows with the steps is the latents alone);
+    `on_step(i)` is told each step too (a calibration's `set_step`)."""
     calls: list[StepCall] = []
     step = [0]
     previous: list[Tensor] = []
@@ -190,11 +192,13 @@ def record_calls(workload: Workload, batch: Batch) -> tuple[Generation, list[Ste
     def post(_m: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
         calls[-1].out_sq = float(first_tensor(output).detach().double().pow(2).sum())
 
-    def on_step(i: int) -> None:
+    def at_step(i: int) -> None:
         step[0] = i
+        if on_step is not None:
+            on_step(i)
 
     with _denoiser_hooks(workload.denoiser, pre, post):
-        gen = workload.generate(batch, on_step=on_step)
+        gen = workload.generate(batch, on_step=at_step)
     return gen, calls
 
 
@@ -427,13 +431,23 @@ class Prepared:
 
 def prepare(workload: Workload, names: Sequence[str], bits: Sequence[Bits], groups: TimestepGroups,
             n_images: int, seed: int, gain_noise: float, trajectory: bool) -> Prepared:
-    """Calibration batch -> FP run (recorded) -> gains (1 per group when `trajectory` is off)."""
+    """Calibration batch -> FP run (recorded, and calibrating the activation ranges where some bits
+    quantize activations: one run, not two) -> gains (1 per group when `trajectory` is off)."""
+    from quant.calibrate import calibrate_activations
     from quant.layers import quantizable_modules
 
     found = quantizable_modules(workload.denoiser)
     batch = workload.batch(n_images, split="calibration")
-    ranges = calibrate(workload, groups, bits, batch)
-    reference, calls = record_calls(workload, batch)
+    recorded: list[tuple[Generation, list[StepCall]]] = []
+
+    def run(set_step: Callable[[int], None] | None = None) -> None:
+        recorded.append(record_calls(workload, batch, set_step))
+
+    # the observers only read the activations: the recorded run is the plain full-precision one
+    ranges = calibrate_activations(workload.denoiser, groups, run) if activation_bits(bits) else None
+    if not recorded:
+        run()
+    (reference, calls), = recorded
     gains = (trajectory_gains(workload, batch, groups, reference, gain_noise, seed) if trajectory
              else [1.0] * len(groups))
     return Prepared(batch, reference, calls, gains, {n: found[n][0] for n in names}, ranges)
