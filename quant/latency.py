@@ -57,7 +57,7 @@ def measure_latency(model: nn.Module, run: Callable[[], Any], bits: Sequence[Bit
     QuantLayers keep) alternate, and a layer's entry is its quantized over its float time in that
     window times its float time, the median of every window's. The rest of the call is the float calls'
     share outside the layers, on the same clock. Pairs whose kernels for a layer run the same code on
-    the same tensors (`_kernel_key`: W4A8, W6A8 and W8A8 all run the int8 kernel on int8 codes) share
+    the same tensors (`kernel_key`: W4A8, W6A8 and W8A8 all run the int8 kernel on int8 codes) share
     the first one's ratio, so noise cannot rank them apart; a pair whose every layer shares an earlier
     pair's kernel is applied (for `while_applied`) but not timed again (an SD1.5-size table: 3 of the
     default 5 pairs timed)."""
