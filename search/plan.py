@@ -36,9 +36,10 @@
   model, what the applied config holds (measured) and one call's activations;
 - all evaluations: the full-precision reference, every baseline and trial cheaply, and at most as many
   full evaluations (none where the workload has no alignment or distribution metric); with W Ray
-  workers, each a process that loads its own model: the time over W plus one model's load (the
-  workers load theirs at once; Ray's own start is not counted), the peak W evaluations' peaks plus the
-  coordinator without its model (it lets it go before the workers start).
+  workers, each a process that loads its own model and makes its own float reference: the
+  evaluations' time over W plus one model's load and one reference (the workers do theirs at once;
+  Ray's own start is not counted), the peak W evaluations' peaks plus the coordinator without its
+  model (it lets it go before the workers start).
 
 Times are CPU seconds of the process (every thread counted): wall time on one thread. A plan is a model
 with stated assumptions, not a measurement: `bitsearch plan` prints it, `launch --dry-run` too.
@@ -240,21 +241,24 @@ def predict(spec: StudySpec, m: Measured, workers: int = 1) -> Plan:
                   "float",
                   "fewer eval_samples")
     stages.append(cheap)
-    total = generation(spec.eval_samples, False) + m.evaluations * cheap.seconds  # + the float reference
+    reference = generation(spec.eval_samples, False)  # the float images the cheap evaluations compare with
+    work = m.evaluations * cheap.seconds
     peak, how = cheap.peak_bytes, f"the float reference + {m.evaluations} cheap"
     if m.full_metrics:
         full = Stage("each full evaluation", m.apply_s + generation(spec.full_samples, True),
                      base + m.applied_bytes + call.bytes_at(spec.full_samples),
                      f"apply + {spec.full_samples} images x {steps} calls", "fewer full_samples")
         stages.append(full)
-        total, peak = total + m.evaluations * full.seconds, max(peak, full.peak_bytes)
+        work, peak = work + m.evaluations * full.seconds, max(peak, full.peak_bytes)
         how += f" + at most {m.evaluations} full"
     else:
         how += "; no full evaluation (the workload has no alignment or distribution metric)"
-    if workers > 1:  # each worker loads and holds a model; the coordinator has let its model go
-        total, peak = m.load_s + total / workers, workers * peak + max(0, base - m.weight_bytes)
-        how += (f"; {workers} Ray workers at once, each loading a model (time: wall, each worker's CPU; "
-                "Ray's own start not counted)")
+    total = reference + work
+    if workers > 1:  # each worker loads and holds a model and makes its own float reference, all at once;
+        # the coordinator has let its model go
+        total, peak = m.load_s + reference + work / workers, workers * peak + max(0, base - m.weight_bytes)
+        how += (f"; {workers} Ray workers at once, each loading a model and making the float reference (time: "
+                "wall, each worker's CPU; Ray's own start not counted)")
     stages.append(Stage("all evaluations", total, peak, how, "fewer eval_samples or full_samples, or fewer workers"))
     return Plan(spec, m, tuple(stages))
 
