@@ -35,7 +35,6 @@ model run) and prints the plan's estimate of the whole study.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
@@ -173,6 +172,7 @@ def main() -> None:
 
     import torch
 
+    from quant.resident import release_freed
     from search.executors import get_executor
     from search.plan import measure_plan, predict
     from search.sizing import sized_spec
@@ -197,7 +197,7 @@ def main() -> None:
     t0 = time.perf_counter()
     with stage(rows, "plan"):
         plan = predict(spec, measure_plan(spec), args.workers)
-        gc.collect()  # the plan's pipeline (reference cycles) goes before the study loads its own
+        release_freed()  # the plan's pipeline and what it freed go before the study loads its own
     print(f"    plan measured: {plan.measured}")  # what any later model of the plan can be recomputed from
     for s in plan.stages:  # up front: a run stopped half-way still shows what it was compared with
         print(f"    plan: {s.name}: {s.seconds:.0f} s, {s.peak_bytes / GB:.2f} GB ({s.how})")

@@ -471,6 +471,7 @@ def _plan(spec: StudySpec, memory_limit: str | None, threads: int, workers: int)
     from rich.console import Console
     from rich.table import Table
 
+    from quant.resident import release_freed
     from search.executors import pin_threads
     from search.plan import available_memory, check_fits, measure_plan, parse_bytes, predict
 
@@ -479,9 +480,7 @@ def _plan(spec: StudySpec, memory_limit: str | None, threads: int, workers: int)
     _progress("plan: loading the model, timing one denoiser call, one calibration call, one applied config "
               "and one estimator step")
     plan = predict(spec, measure_plan(spec), workers)
-    import gc
-
-    gc.collect()  # the plan's model (pipelines hold reference cycles) goes before a study loads its own
+    release_freed()  # the plan's model and what it freed go before a study loads its own
     table = Table("stage", "time", "peak resident", "how predicted", title_justify="left",
                   title=f"plan: {spec.model}, {spec.num_steps} steps, {spec.timestep_groups} groups, "
                         f"{','.join(spec.estimators)}")
