@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from quant.config import ConfigError, TimestepGroups
 from search.spec import StudySpec
@@ -143,7 +143,7 @@ class Plan:
 def measure_plan(spec: StudySpec) -> Measured:
     """Load `spec`'s workload and measure what `predict` needs (see the module docstring)."""
     from quant.apply import quantized
-    from quant.backends.base import get_backend, storage_bytes
+    from quant.backends.base import Quantizable, get_backend, storage_bytes
     from quant.config import BitConfig
     from quant.latency import timed_pairs
     from quant.layers import inventory, quantizable_modules
@@ -185,7 +185,8 @@ def measure_plan(spec: StudySpec) -> Measured:
             steps[name], images[name] = (seconds / MEASURED_STEPS, peak), n
     baselines = sum(len(baseline_configs([b], spec.bits, spec.groups, layers)) for b in spec.baselines)
     # kernels are chosen by a layer's kind and shape: one layer of each (SD1.5: 40 of 282) tells the pairs apart
-    shapes = {(kind, tuple(m.weight.shape)): (m, kind) for m, kind in reversed(quantizable_modules(denoiser).values())}
+    shapes = {(kind, tuple(cast("Quantizable", m).weight.shape)): (m, kind)
+              for m, kind in reversed(quantizable_modules(denoiser).values())}
     timed = len(timed_pairs(list(shapes.values()), spec.bits, spec.backend)) - 1
     return Measured(load_s, loaded, storage_bytes([*denoiser.parameters(), *denoiser.buffers()]), call,
                     calibration / max(call.seconds[0], 1e-9), (max(0.0, generation[0]), max(0.0, generation[1])), apply_s,
