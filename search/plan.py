@@ -23,8 +23,8 @@
 - latency table: per bit pair and the float reference, an apply, and for the float reference and each
   pair the table times (`quant.latency.timed_pairs`, judged on a layer of each kind and shape) 1 + 5
   rounds of whole calls, each call made clocked and plain (`quant.latency.in_context`), a quantized
-  pair's calls alternating with the float model's (4 calls a round, 2 of them quantized: priced at the measured uniform config's
-  speed; the float reference's own pass 2), plus for an fp32 model 2 x 22 whole calls (fp32 and a
+  pair's calls alternating with the float model's (4 calls a round, 2 of them quantized: priced at the
+  measured uniform config's speed; the float reference's own pass 2), plus for an fp32 model 2 x 22 whole calls (fp32 and a
   bf16 copy); peak: the model, an fp32 model's bf16 copy (half), what an applied config holds and one
   call's activations;
 - each cheap / full evaluation: applying a config, then `eval_samples` (`full_samples`) images x
@@ -188,11 +188,12 @@ def measure_plan(spec: StudySpec) -> Measured:
     shapes = {(kind, tuple(cast("Quantizable", m).weight.shape)): (m, kind)
               for m, kind in reversed(quantizable_modules(denoiser).values())}
     timed = len(timed_pairs(list(shapes.values()), spec.bits, spec.backend)) - 1
+    measures = not get_backend(spec.backend).simulates  # a simulating backend has no table (any float dtype)
     return Measured(load_s, loaded, storage_bytes([*denoiser.parameters(), *denoiser.buffers()]), call,
                     calibration / max(call.seconds[0], 1e-9), (max(0.0, generation[0]), max(0.0, generation[1])), apply_s,
                     quantized_s / max(call.seconds[0], 1e-9), held.peak_increase_bytes, steps, images,
                     baselines + spec.trials, bool(workload.full_metric_families()),
-                    not get_backend(spec.backend).simulates, timed, loaded_format(denoiser) == FP32)
+                    measures, timed, measures and loaded_format(denoiser) == FP32)
 
 
 def predict(spec: StudySpec, m: Measured, workers: int = 1) -> Plan:
