@@ -43,6 +43,10 @@ def uniformly_applied(model: nn.Module, bits: Sequence[Bits | str], backend: str
             yield b, qm
 
 
+TABLE_MIN_ROUNDS = 3  # in_context: at least this many timed rounds (a median of 3 sheds an outlier) ...
+TABLE_S = 30.0  # ... and more, up to `repeats`, until the timed calls took this many CPU seconds
+
+
 def measure_latency(model: nn.Module, run: Callable[[], Any], bits: Sequence[Bits | str], backend: str = "int8",
                     ranges: ActivationRanges | None = None, repeats: int = 5,
                     while_applied: Callable[[Bits, QuantizedModel], None] | None = None) -> tuple[LatencyTable, float]:
@@ -60,11 +64,15 @@ def measure_latency(model: nn.Module, run: Callable[[], Any], bits: Sequence[Bit
     the same tensors (`kernel_key`: W4A8, W6A8 and W8A8 all run the int8 kernel on int8 codes) share
     the first one's ratio, so noise cannot rank them apart; a pair whose every layer shares an earlier
     pair's kernel is applied (for `while_applied`) but not timed again (an SD1.5-size table: 3 of the
-    default 5 pairs timed)."""
+    default 5 pairs timed). The float model is timed beside every quantized pair, so it gets no pass of
+    its own unless `bits` has no quantized pair. Each window runs `repeats` rounds, or `TABLE_MIN_ROUNDS`
+    once its calls took `TABLE_S` seconds (a big model's calls are steady: a PixArt-size window's round
+    takes 19 s)."""
     floats: dict[str, list[float]] = {}  # each window's in-context float time per layer
     rest_shares: list[float] = []
     ratios: dict[tuple[str, tuple[object, ...]], float] = {}  # (layer, kernel key) -> over its float time
     kernel_of: dict[tuple[str, Bits], tuple[str, tuple[object, ...]] | None] = {}  # None: the float layer
+    beside_quantized = any(not Bits.parse(b).is_full_precision for b in bits)
     for b, qm in uniformly_applied(model, bits, backend, ranges):
         keys = {fqn: kernel_key(layer.kernels[b]) for fqn, layer in qm.layers.items()
                 if not b.is_full_precision}
@@ -75,13 +83,18 @@ def measure_latency(model: nn.Module, run: Callable[[], Any], bits: Sequence[Bit
             if while_applied is not None:
                 while_applied(b, qm)
             continue
+        if b.is_full_precision and beside_quantized:
+            if while_applied is not None:
+                while_applied(b, qm)
+            continue
         if b.is_full_precision:
-            (float_layers, float_call), = in_context(model, [run], repeats)
+            (float_layers, float_call), = in_context(model, [run], repeats, enough_s=TABLE_S)
         else:
             def reference(qm: QuantizedModel = qm) -> object:
                 with qm.float_reference():
                     return run()
-            (quantized_layers, _), (float_layers, float_call) = in_context(model, [run, reference], repeats)
+            (quantized_layers, _), (float_layers, float_call) = in_context(model, [run, reference], repeats,
+                                                                            enough_s=TABLE_S)
             for fqn, seconds in quantized_layers.items():
                 key = (fqn, keys[fqn])
                 ratios.setdefault(key, seconds / max(float_layers[fqn], 1e-12))
@@ -93,6 +106,7 @@ def measure_latency(model: nn.Module, run: Callable[[], Any], bits: Sequence[Bit
         if while_applied is not None:
             while_applied(b, qm)
     float_s = {fqn: statistics.median(times) for fqn, times in floats.items()}
+    kernel_of.update({(fqn, FULL): None for fqn in float_s})
     table: dict[str, dict[Bits, float]] = {fqn: {} for fqn in float_s}
     for (fqn, b), kernel in kernel_of.items():
         table[fqn][b] = float_s[fqn] if kernel is None else ratios[kernel] * float_s[fqn]
@@ -102,28 +116,29 @@ def measure_latency(model: nn.Module, run: Callable[[], Any], bits: Sequence[Bit
 
 def timed_pairs(modules: Sequence[tuple[nn.Module, LayerKind]], bits: Sequence[Bits | str],
                 backend: str | Backend = "int8") -> list[Bits]:
-    """The pairs of `bits` (full precision included) `measure_latency` times on a model of these layers:
-    a pair is skipped when every layer runs a kernel an earlier pair ran (`kernel_key`). Judged on the
-    `modules` given (the plan passes one layer of each kind and weight shape: kernels are chosen by those)."""
+    """The pairs of `bits` `measure_latency` times on a model of these layers, each beside the float
+    model (full precision alone where `bits` has no quantized pair): a pair is skipped when every layer
+    runs a kernel an earlier pair ran (`kernel_key`). Judged on the `modules` given (the plan passes one
+    layer of each kind and weight shape: kernels are chosen by those)."""
     be = get_backend(backend)
-    pairs = sorted({FULL, *(Bits.parse(x) for x in bits)})
+    pairs = sorted({Bits.parse(x) for x in bits} - {FULL})
     seen: set[tuple[int, tuple[object, ...]]] = set()
     timed: list[Bits] = []
     for b in pairs:
-        keys = set() if b.is_full_precision else \
-            {(i, kernel_key(be.kernels(cast(Quantizable, m), kind, {b})[b])) for i, (m, kind) in enumerate(modules)}
+        keys = {(i, kernel_key(be.kernels(cast(Quantizable, m), kind, {b})[b])) for i, (m, kind) in enumerate(modules)}
         if not keys or not keys <= seen:
             timed.append(b)
         seen |= keys
-    return timed
+    return timed or [FULL]
 
 
 def in_context(model: nn.Module, runs: Sequence[Callable[[], object]], repeats: int,
-               warmups: int = 1) -> list[tuple[dict[str, float], float]]:
+               warmups: int = 1, enough_s: float = float("inf")) -> list[tuple[dict[str, float], float]]:
     """For each of `runs` (whole denoiser calls, interleaved a, b, a, b, ...): the median CPU seconds of
     every quantizable layer inside the call (all its calls in the run summed) and of the whole run.
     Each run is made twice per round, with a clock around every layer and without: the layers' times are
-    scaled by the plain run's over the clocked one's, so the clocks' own cost is not counted."""
+    scaled by the plain run's over the clocked one's, so the clocks' own cost is not counted. `repeats`
+    rounds after `warmups`, or as few as `TABLE_MIN_ROUNDS` once the timed calls took `enough_s` seconds."""
     layers = {fqn: m for fqn, m in model.named_modules() if fqn in _swappable(model)}
     now: dict[str, float] = {}
     spent: dict[str, float] = {}
@@ -147,6 +162,7 @@ def in_context(model: nn.Module, runs: Sequence[Callable[[], object]], repeats: 
                 h.remove()
 
     samples: list[list[tuple[dict[str, float], float, float]]] = [[] for _ in runs]
+    taken = 0.0
     with torch.no_grad():
         for i in range(warmups + repeats):
             for r, out in zip(runs, samples, strict=True):
@@ -156,6 +172,9 @@ def in_context(model: nn.Module, runs: Sequence[Callable[[], object]], repeats: 
                 plain = timed(r, False)
                 if i >= warmups:
                     out.append((per_layer, clocked, plain))
+                    taken += clocked + plain
+            if i + 1 - warmups >= TABLE_MIN_ROUNDS and taken >= enough_s:
+                break
     results = []
     for out in samples:
         plain = statistics.median(s[2] for s in out)

@@ -8,7 +8,8 @@ bit-width, the rest of the call, and the fastest float format, timed whole. `des
 tables into one row per format: what the whole model would cost in it, relative to the fastest float.
 
 Timing is CPU time of the process (`time.process_time`, every thread counted), the median of
-`repeats` after one warm-up, like `quant.latency`. Bytes are storages really held, each counted once.
+`repeats` after one warm-up (fewer where a big model's calls add up to `quant.latency.TABLE_S`
+seconds), like `quant.latency`. Bytes are storages really held, each counted once.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from quant.calibrate import ActivationRanges
 from quant.config import Bits
 from quant.cost import MemoryTable, TargetTables, entry
 from quant.errors import UnsupportedBits
-from quant.latency import FULL, measure_latency, time_calls, uniformly_applied
+from quant.latency import FULL, TABLE_S, measure_latency, time_calls, uniformly_applied
 from quant.layers import LayerKind, quantizable_modules
 
 FP32, BF16 = "fp32", "bf16"
@@ -149,9 +150,10 @@ def measure_tables(model: nn.Module, inputs: Mapping[str, Any], bits: Sequence[B
         fp32_clock = loaded_clock
         half = copy.deepcopy(model).to(torch.bfloat16)
         half_inputs = _to_bf16(inputs)
-        # whole calls are cheap next to the table: more repeats steady the ratio of the two floats, the
-        # reference of every relative budget, which otherwise flips between them when they are close
-        fp32_s, bf16_s = time_calls([lambda: model(**inputs), lambda: half(**half_inputs)], 4 * repeats + 1)
+        # more repeats steady the ratio of the two floats, the reference of every relative budget, which
+        # otherwise flips between them when they are close; a big model's calls are steady in a few rounds
+        fp32_s, bf16_s = time_calls([lambda: model(**inputs), lambda: half(**half_inputs)], 4 * repeats + 1,
+                                    enough_s=TABLE_S)
         fp32 = (fp32_clock, FP32, resident_bytes(model))
         bf16 = (fp32_clock * bf16_s / max(fp32_s, 1e-12), BF16, resident_bytes(half))
     seconds, name, nbytes = min(fp32, bf16)

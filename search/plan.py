@@ -20,13 +20,15 @@
 - sensitivity, per estimator: the one-step time x steps x (a call at batch `n_images` over batch 1:
   estimators run their images as one batch, per step; the decoupled one also per group, which this
   does not count), peak: the one-step peak plus the activations of its extra images;
-- latency table: per bit pair and the float reference, an apply, and for the float reference and each
-  pair the table times (`quant.latency.timed_pairs`, judged on a layer of each kind and shape) 1 + 5
-  rounds of whole calls, each call made clocked and plain (`quant.latency.in_context`), a quantized
+- latency table: per bit pair and the float reference, an apply, and for each pair the table times
+  (`quant.latency.timed_pairs`, judged on a layer of each kind and shape; the float model alone where
+  no quantized pair is) 1 + 5 rounds of whole calls, or 1 + 3 where the rounds add up to
+  `quant.latency.TABLE_S`, each call made clocked and plain (`quant.latency.in_context`), a quantized
   pair's calls alternating with the float model's (4 calls a round, 2 of them quantized: priced at the
-  measured uniform config's speed; the float reference's own pass 2), plus for an fp32 model 2 x 22 whole calls (fp32 and a
-  bf16 copy); peak: the model, an fp32 model's bf16 copy (half), what an applied config holds and one
-  call's activations;
+  measured uniform config's speed; the float model alone 2), plus for an fp32 model 1 + up to 21 rounds
+  of an fp32 and a bf16 call (as many as add up to `TABLE_S`; the bf16 call priced as the fp32 one);
+  peak: the model, an fp32 model's bf16 copy (half), what an applied config holds and one call's
+  activations;
 - each cheap / full evaluation: applying a config, then `eval_samples` (`full_samples`) images x
   `num_steps` calls, the cheap one plus one batch-1 call per timestep group replayed quantized and
   float for latency, in rounds, after a warm-up (`quant.latency.side_by_side`); quantized calls priced
@@ -66,7 +68,7 @@ if TYPE_CHECKING:
     from workloads.base import Workload
 
 TABLE_REPEATS = 5  # quant.targets.measure_tables' default: 1 warm-up + 5 timed rounds per bit pair
-WHOLE_CALLS = 2 * (4 * TABLE_REPEATS + 2)  # fp32 and bf16 whole calls of measure_tables (with warm-ups)
+FLOAT_ROUNDS = 4 * TABLE_REPEATS + 1  # ... and at most this many rounds of an fp32 and a bf16 call
 TIMED_S = 1.0  # CPU seconds of repeated calls after which a call's time is taken as known
 # Generations and estimator steps are measured on 2-step runs: the fewest every pipeline samples (PixArt's
 # pipelines take a 1-step run for a distilled one-step sampler and index a scheduler output DPM-Solver lacks)
@@ -187,7 +189,7 @@ def measure_plan(spec: StudySpec) -> Measured:
     # kernels are chosen by a layer's kind and shape: one layer of each (SD1.5: 40 of 282) tells the pairs apart
     shapes = {(kind, tuple(cast("Quantizable", m).weight.shape)): (m, kind)
               for m, kind in reversed(quantizable_modules(denoiser).values())}
-    timed = len(timed_pairs(list(shapes.values()), spec.bits, spec.backend)) - 1
+    timed = sum(not b.is_full_precision for b in timed_pairs(list(shapes.values()), spec.bits, spec.backend))
     measures = not get_backend(spec.backend).simulates  # a simulating backend has no table (any float dtype)
     return Measured(load_s, loaded, storage_bytes([*denoiser.parameters(), *denoiser.buffers()]), call,
                     calibration / max(call.seconds[0], 1e-9), (max(0.0, generation[0]), max(0.0, generation[1])), apply_s,
@@ -199,7 +201,7 @@ def measure_plan(spec: StudySpec) -> Measured:
 def predict(spec: StudySpec, m: Measured, workers: int = 1) -> Plan:
     """The stages of a study of `spec` from the measurements `m` (see the module docstring), its
     evaluations run by `workers` workers (more than 1: Ray actors, each a process with its model)."""
-    from quant.latency import REPLAY_ROUNDS, REPLAY_S
+    from quant.latency import REPLAY_ROUNDS, REPLAY_S, TABLE_MIN_ROUNDS, TABLE_S
 
     call, steps, base = m.call, spec.num_steps, m.loaded_bytes
 
@@ -223,15 +225,23 @@ def predict(spec: StudySpec, m: Measured, workers: int = 1) -> Plan:
                             f"1 image x {MEASURED_STEPS} steps measured; {n} images x {steps} steps",
                             "a lighter estimator, or fewer images (estimator option n_images)"))
     if m.measures_latency:
-        calls = (2 + 4 * m.table_pairs) * (TABLE_REPEATS + 1) + (WHOLE_CALLS if m.bf16_copy else 0)
-        # half of each pair's calls run the pair applied uniformly: priced at the uniform config measured
-        # (an SD1.5-size table took 0.64x of a plan that priced them as float calls)
-        quantized = 2 * m.table_pairs * (TABLE_REPEATS + 1)
-        seconds = (calls - quantized + quantized * m.quantized_ratio) * call.time_at(1)
+        def window_rounds(round_s: float, most: int, fewest: int) -> int:
+            """Timed rounds of a window: `most`, or fewer (not under `fewest`) once they took TABLE_S."""
+            return min(most, max(fewest, math.ceil(TABLE_S / max(round_s, 1e-9))))
+
+        one, ratio = call.time_at(1), m.quantized_ratio
+        # each timed pair: 1 + rounds of its call and the float one, each clocked and plain; half of the
+        # calls run the pair applied uniformly: priced at the uniform config measured
+        per_run = 2 * (1 + window_rounds(2 * one * (1 + ratio), TABLE_REPEATS, TABLE_MIN_ROUNDS))
+        alone = 0 if m.table_pairs else 2 * (1 + window_rounds(2 * one, TABLE_REPEATS, TABLE_MIN_ROUNDS))
+        floats = 2 * (1 + window_rounds(2 * one, FLOAT_ROUNDS, 1)) if m.bf16_copy else 0
+        calls = 2 * per_run * m.table_pairs + alone + floats
+        seconds = (per_run * m.table_pairs * (1 + ratio) + alone + floats) * one
+        which = f"{m.table_pairs} timed beside the float model" if m.table_pairs else "the float model timed alone"
         stages.append(Stage("latency table", seconds + (len(spec.bits) + 1) * m.apply_s,
                             base + (m.weight_bytes // 2 if m.bf16_copy else 0) + m.applied_bytes + call.bytes_at(1),
-                            f"{len(spec.bits) + 1} bit pairs applied, {m.table_pairs + 1} timed; {calls} whole "
-                            "calls (each pair beside the float model, clocked and plain)",
+                            f"{len(spec.bits) + 1} bit pairs applied, {which}; {calls} whole calls (clocked and "
+                            "plain)" + (", fp32 beside bf16" if m.bf16_copy else ""),
                             "a smaller model (the table applies it whole)"))
     # the latency: one call per timestep group replayed quantized and float side by side, after a warm-up
     groups, pair = len(spec.groups), call.time_at(1) * (1 + m.quantized_ratio)

@@ -7,7 +7,14 @@ import torch
 from quant.apply import QuantizedModel, apply
 from quant.calibrate import calibrate_activations
 from quant.config import BitConfig, Bits, TimestepGroups
-from quant.latency import REPLAY_ROUNDS, in_context, measure_latency, side_by_side, timed_pairs
+from quant.latency import (
+    REPLAY_ROUNDS,
+    TABLE_MIN_ROUNDS,
+    in_context,
+    measure_latency,
+    side_by_side,
+    timed_pairs,
+)
 from quant.layers import quantizable_modules
 
 
@@ -29,6 +36,20 @@ def test_in_context_times_every_layer_inside_whole_calls(tiny, tiny_input) -> No
     (layers, whole), = in_context(tiny, [lambda: tiny(tiny_input)], repeats=3)
     assert set(layers) == {"conv_in", "proj", "ff", "conv_out"}
     assert all(s > 0 for s in layers.values()) and sum(layers.values()) < whole
+
+def test_in_context_stops_at_the_fewest_rounds_once_the_calls_took_enough_seconds(tiny, tiny_input) -> None:
+    """A big model's calls are steady: its windows stop at TABLE_MIN_ROUNDS once they took `enough_s`."""
+    calls = [0]
+
+    def run() -> object:
+        calls[0] += 1
+        return tiny(tiny_input)
+
+    for enough_s, rounds in ((0.0, TABLE_MIN_ROUNDS), (float("inf"), 5)):
+        calls[0] = 0
+        in_context(tiny, [run], repeats=5, enough_s=enough_s)
+        assert calls[0] == 2 * (1 + rounds)  # a warm-up, then each round clocked and plain
+
 
 class _BigAndTiny(torch.nn.Module):
     def __init__(self) -> None:
@@ -136,7 +157,7 @@ def test_pairs_that_run_the_same_kernel_on_the_same_tensors_share_one_timing(tin
 
 def test_timed_pairs_says_which_pairs_the_table_times(tiny, tiny_input) -> None:
     """What the plan prices: judged on a layer of each kind and shape, the pairs `measure_latency` times
-    (the float pass: 2 calls a round; each timed pair: 4, beside the float model)."""
+    (each: 4 calls a round, beside the float model; no float pass of its own)."""
     bits = ["W8A8", "W6A8", "W4A8", "W8A16", "W4A16"]
     ranges = calibrate_activations(tiny, TimestepGroups(1), lambda set_step: (set_step(0), tiny(tiny_input)))
     calls = [0]
@@ -149,4 +170,5 @@ def test_timed_pairs_says_which_pairs_the_table_times(tiny, tiny_input) -> None:
     shapes = {(kind, tuple(m.weight.shape)): (m, kind) for m, kind in quantizable_modules(tiny).values()}
     timed = timed_pairs(list(shapes.values()), bits)
     assert sum(b.a == 8 for b in timed) == 1  # W4A8, W6A8, W8A8: one int8 kernel on int8 codes, timed once
-    assert calls[0] == 2 * 2 + 4 * 2 * (len(timed) - 1)
+    assert calls[0] == 4 * 2 * len(timed) and not any(b.is_full_precision for b in timed)
+    assert timed_pairs(list(shapes.values()), ["W16A16"]) == [Bits(16, 16)]  # no pair: the float model alone

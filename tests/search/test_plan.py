@@ -80,9 +80,10 @@ def test_stages_follow_the_documented_model() -> None:
     # sensitivity: one step x 8 steps x (call at batch 3 / batch 1 = 2 / 1); peak + 2 images' activations
     assert by["sensitivity: kurtosis"].seconds == pytest.approx(4.0 * 8 * 2.0)
     assert by["sensitivity: kurtosis"].peak_bytes == 1_000_000_000 + 350_000_000 + 100_000_000
-    # latency table: 6 rounds of 2 float calls + 5 pairs x (2 float + 2 uniformly quantized calls, 1.5x as
-    # long), 44 whole calls, 6 applies
-    assert by["latency table"].seconds == pytest.approx((2 + 5 * 2 + 5 * 2 * 1.5) * 6 + 44 + 6 * 3.0)
+    # latency table: 5 pairs x 6 rounds (a warm-up + 5: each round's 5 s stay under TABLE_S) of 2 float
+    # and 2 uniformly quantized calls (1.5x as long); 1 + 15 rounds of an fp32 and a bf16 call (15 x 2 s
+    # reach TABLE_S); 6 applies
+    assert by["latency table"].seconds == pytest.approx(5 * (2 + 2 * 1.5) * 6 + 2 * 16 + 6 * 3.0)
     # a cheap evaluation: apply + 2 images x 8 quantized calls (1.5x as long), then a batch-1 call per
     # timestep group replayed quantized and float (2 groups x 2.5 s: past REPLAY_S, 1 round) after a
     # warm-up (each group's quantized call and one float call)
@@ -114,10 +115,20 @@ def test_the_table_prices_only_the_pairs_it_times_and_fast_calls_replay_in_more_
     five, three = (predict(SPEC, _measured(table_pairs=n)).stages[2] for n in (5, 3))
     assert five.seconds - three.seconds == pytest.approx(2 * 4 * 6 * ((1.0 + 1.5) / 2))  # 2 pairs x 4 calls x 6 rounds
     bf16 = predict(SPEC, _measured(bf16_copy=False)).stages[2]  # a bf16 model: no copy timed or held
-    assert five.seconds - bf16.seconds == pytest.approx(44 * 1.0) and five.peak_bytes - bf16.peak_bytes == 200_000_000
+    assert five.seconds - bf16.seconds == pytest.approx(32 * 1.0) and five.peak_bytes - bf16.peak_bytes == 200_000_000
     fast = {s.name: s.seconds for s in predict(SPEC, _measured(call=Call((0.01, 0.015), (1, 1)))).stages}
     replay = 2 * 0.015 + 0.01 + REPLAY_ROUNDS * 2 * 0.025  # 5 rounds of 0.05 s stay under REPLAY_S
     assert fast["each cheap evaluation"] == pytest.approx(3.0 + 8 * 0.015 * 1.5 + 2 * 0.25 + replay)
+
+
+def test_slow_calls_shorten_the_tables_windows_and_the_float_model_is_timed_alone_only_without_pairs() -> None:
+    """A big model's windows stop at TABLE_MIN_ROUNDS once their calls took TABLE_S (quant.latency)."""
+    slow = predict(SPEC, _measured(call=Call((10.0, 15.0), (1, 1)), quantized_ratio=0.5)).stages[2]
+    # 5 pairs x (1 + 3 rounds) x (2 float calls of 10 s + 2 quantized of 5 s); 1 + 2 rounds of fp32 and bf16
+    assert slow.seconds == pytest.approx(5 * 4 * (20 + 10) + 2 * 3 * 10 + 6 * 3.0)
+    assert "86 whole calls" in slow.how  # 5 x 4 rounds x 4 calls + 3 x 2
+    alone = predict(SPEC, _measured(table_pairs=0, bf16_copy=False)).stages[2]  # W16A16 only
+    assert alone.seconds == pytest.approx(2 * 6 * 1.0 + 6 * 3.0) and "the float model timed alone" in alone.how
 
 
 def test_no_full_evaluation_row_where_the_workload_has_no_full_metrics() -> None:
