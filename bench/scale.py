@@ -196,7 +196,7 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     t0 = time.perf_counter()
     with stage(rows, "plan"):
-        plan = predict(spec, measure_plan(spec), args.workers)
+        plan = predict(spec, measure_plan(spec, args.workers), args.workers)
         release_freed()  # the plan's pipeline and what it freed go before the study loads its own
     print(f"    plan measured: {plan.measured}")  # what any later model of the plan can be recomputed from
     for s in plan.stages:  # up front: a run stopped half-way still shows what it was compared with

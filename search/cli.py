@@ -479,7 +479,7 @@ def _plan(spec: StudySpec, memory_limit: str | None, threads: int, workers: int)
     pin_threads(threads)  # measured at the thread count the study will run with
     _progress("plan: loading the model, timing one denoiser call, one calibration call, one applied config "
               "and one estimator step")
-    plan = predict(spec, measure_plan(spec), workers)
+    plan = predict(spec, measure_plan(spec, workers), workers)
     release_freed()  # the plan's model and what it freed go before a study loads its own
     table = Table("stage", "time", "peak resident", "how predicted", title_justify="left",
                   title=f"plan: {spec.model}, {spec.num_steps} steps, {spec.timestep_groups} groups, "

@@ -39,9 +39,10 @@
 - all evaluations: the full-precision reference, every baseline and trial cheaply, and at most as many
   full evaluations (none where the workload has no alignment or distribution metric); with W Ray
   workers, each a process that loads its own model and makes its own float reference: the
-  evaluations' time over W plus one model's load and one reference (the workers do theirs at once;
-  Ray's own start is not counted), the peak W evaluations' peaks plus the coordinator without its
-  model (it lets it go before the workers start).
+  evaluations' time over W plus one model's load and one reference (the workers do theirs at once)
+  plus Ray's start (`measure_plan` times a local Ray starting W actors that import what an evaluator
+  runs), the peak W evaluations' peaks plus the coordinator without its model (it lets it go before
+  the workers start).
 
 Times are CPU seconds of the process (every thread counted): wall time on one thread. A plan is a model
 with stated assumptions, not a measurement: `bitsearch plan` prints it, `launch --dry-run` too.
@@ -115,6 +116,7 @@ class Measured:
     measures_latency: bool  # False on a simulating backend: no latency table
     table_pairs: int  # quantized pairs the latency table times (pairs sharing another's kernels are not)
     bf16_copy: bool  # the table also times a bf16 copy (an fp32 model; a bf16 one is its own reference)
+    workers_start_s: float = 0.0  # wall seconds for Ray and its workers to start (measured for 2+ workers)
 
 
 @dataclass(frozen=True)
@@ -142,8 +144,9 @@ class Plan:
         return max(self.stages, key=lambda s: s.peak_bytes)
 
 
-def measure_plan(spec: StudySpec) -> Measured:
-    """Load `spec`'s workload and measure what `predict` needs (see the module docstring)."""
+def measure_plan(spec: StudySpec, workers: int = 1) -> Measured:
+    """Load `spec`'s workload and measure what `predict` needs for evaluations on `workers` workers
+    (more than 1: Ray's start is measured too; see the module docstring)."""
     from quant.apply import quantized
     from quant.backends.base import Quantizable, get_backend, storage_bytes
     from quant.config import BitConfig
@@ -191,11 +194,16 @@ def measure_plan(spec: StudySpec) -> Measured:
               for m, kind in reversed(quantizable_modules(denoiser).values())}
     timed = sum(not b.is_full_precision for b in timed_pairs(list(shapes.values()), spec.bits, spec.backend))
     measures = not get_backend(spec.backend).simulates  # a simulating backend has no table (any float dtype)
+    workers_start_s = 0.0
+    if workers > 1:
+        from search.executors.ray_executor import start_seconds
+
+        workers_start_s = start_seconds(workers)
     return Measured(load_s, loaded, storage_bytes([*denoiser.parameters(), *denoiser.buffers()]), call,
                     calibration / max(call.seconds[0], 1e-9), (max(0.0, generation[0]), max(0.0, generation[1])), apply_s,
                     quantized_s / max(call.seconds[0], 1e-9), held.peak_increase_bytes, steps, images,
                     baselines + spec.trials, bool(workload.full_metric_families()),
-                    measures, timed, measures and loaded_format(denoiser) == FP32)
+                    measures, timed, measures and loaded_format(denoiser) == FP32, workers_start_s)
 
 
 def predict(spec: StudySpec, m: Measured, workers: int = 1) -> Plan:
@@ -268,9 +276,10 @@ def predict(spec: StudySpec, m: Measured, workers: int = 1) -> Plan:
     total = reference + work
     if workers > 1:  # each worker loads and holds a model and makes its own float reference, all at once;
         # the coordinator has let its model go
-        total, peak = m.load_s + reference + work / workers, workers * peak + max(0, base - m.weight_bytes)
-        how += (f"; {workers} Ray workers at once, each loading a model and making the float reference (time: "
-                "wall, each worker's CPU; Ray's own start not counted)")
+        total = m.workers_start_s + m.load_s + reference + work / workers
+        peak = workers * peak + max(0, base - m.weight_bytes)
+        how += (f"; {workers} Ray workers at once, each loading a model and making the float reference after "
+                f"Ray's start ({m.workers_start_s:.0f} s measured; time: wall, each worker's CPU)")
     stages.append(Stage("all evaluations", total, peak, how, "fewer eval_samples or full_samples, or fewer workers"))
     return Plan(spec, m, tuple(stages))
 

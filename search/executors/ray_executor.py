@@ -57,6 +57,41 @@ class _EvalActor:
                 "omp": os.environ.get("OMP_NUM_THREADS"), "worker": self.worker.id}
 
 
+class _StartProbe:
+    """An actor that only imports what an evaluator runs (`start_seconds`)."""
+
+    def __init__(self) -> None:
+        import diffusers  # noqa: F401  (the diffusers workload's evaluators load a pipeline)
+
+        import search.evaluation  # noqa: F401
+
+    def ready(self) -> bool:
+        return True
+
+
+def start_seconds(workers: int, threads_per_worker: int = 1) -> float:
+    """Wall seconds for a local Ray to start and `workers` actors to come up, each importing what an
+    evaluator runs (torch, diffusers, this package): what a study's Ray run spends before its workers
+    load the model. Starts and stops a Ray of its own, unless this process has one (then the actors only)."""
+    ray = _ray()
+    t0 = time.perf_counter()
+    started = not ray.is_initialized()
+    if started:
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    try:
+        env = {"env_vars": {var: str(threads_per_worker) for var in THREAD_VARS}}
+        # no CPUs reserved: every probe comes up at once, as the workers do where the CPUs suffice
+        probes = [ray.remote(_StartProbe).options(num_cpus=0, runtime_env=env).remote() for _ in range(workers)]
+        ray.get([p.ready.remote() for p in probes])
+        seconds = time.perf_counter() - t0
+        for p in probes:
+            ray.kill(p)
+    finally:
+        if started:
+            ray.shutdown()
+    return seconds
+
+
 def _ray() -> Any:
     try:
         import ray

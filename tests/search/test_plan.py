@@ -178,13 +178,26 @@ def test_time_left_is_the_plan_s_until_the_bar_s_own_pace_is_known() -> None:
 
 
 def test_ray_workers_divide_the_evaluations_time_and_each_holds_a_model() -> None:
-    m = _measured()
+    m = _measured(workers_start_s=20.0)
     one = predict(SPEC, m).stages[-1]
     two = predict(SPEC, m, workers=2).stages[-1]
     assert two.name == one.name == "all evaluations"
     reference = 8 * 1.5 + 2 * 0.25  # each worker makes the float reference; they load and make it at once
-    assert two.seconds == pytest.approx(m.load_s + reference + (one.seconds - reference) / 2)
+    # after Ray and its workers started (measured)
+    assert two.seconds == pytest.approx(20.0 + m.load_s + reference + (one.seconds - reference) / 2)
+    assert "Ray's start (20 s measured" in two.how
     # two workers' evaluation peaks, and the coordinator without its model
     assert two.peak_bytes == 2 * one.peak_bytes + m.loaded_bytes - m.weight_bytes
     with pytest.raises(ConfigError, match="all evaluations stage"):
         check_fits(predict(SPEC, m, workers=2), int(1.5 * one.peak_bytes))
+
+
+def test_rays_start_is_measured_for_the_plan_and_leaves_no_ray_running() -> None:
+    """What a study's Ray run spends before its workers load the model: a local Ray and 2 actors that
+    import torch, diffusers and the evaluator's modules (a second or more on any machine)."""
+    ray = pytest.importorskip("ray", reason="pip install ray to run the ray executor tests")
+    from search.executors.ray_executor import start_seconds
+
+    assert not ray.is_initialized()
+    assert start_seconds(2) > 1.0  # two processes importing torch alone take longer
+    assert not ray.is_initialized()
