@@ -161,9 +161,10 @@ def measure_tables(model: nn.Module, inputs: Mapping[str, Any], bits: Sequence[B
 
 
 def loaded_format(model: nn.Module) -> str:
-    """FP32 or BF16: the float format every floating tensor of `model` is in (ValueError for any other,
-    or a mix: the tables time one float format as loaded)."""
-    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+    """FP32 or BF16: the float format every floating parameter of `model` is in (ValueError for any
+    other, or a mix: the tables time one float format as loaded). Buffers are not asked: a model may keep
+    a constant table in fp32 and cast it in its forward (PixArt's positional embedding, loaded bf16)."""
+    dtypes = {t.dtype for t in model.parameters() if t.is_floating_point()}
     for dtype, name in ((torch.float32, FP32), (torch.bfloat16, BF16)):
         if dtypes <= {dtype}:
             return name

@@ -14,6 +14,7 @@ from quant.targets import (
     FP32,
     describe,
     formats,
+    loaded_format,
     measure_memory,
     measure_tables,
     resident_bytes,
@@ -177,6 +178,20 @@ def test_a_bf16_model_is_timed_as_loaded_and_is_its_own_reference(net: Net, x: t
     rows = {r["name"]: r for r in describe(tables, formats("int8", ["W8A8", "W4A16"]))}
     assert rows[BF16]["latency_x"] == 1.0 and rows[FP32]["latency_ms"] is None  # fp32 was not timed
     assert rows["int8"]["memory_x"] < 1.0  # type: ignore[operator]
+
+
+def test_a_bf16_model_keeping_an_fp32_buffer_is_a_bf16_model() -> None:
+    """diffusers loads PixArt in bf16 with its positional table (a buffer, cast in the forward) in fp32."""
+    from diffusers import PixArtTransformer2DModel
+
+    model = PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                     num_layers=1, cross_attention_dim=16, sample_size=8,
+                                     caption_channels=16).to(torch.bfloat16)
+    model.pos_embed.pos_embed = model.pos_embed.pos_embed.float()
+    assert loaded_format(model) == BF16
+    model.proj_out.float()
+    with pytest.raises(ValueError, match="holds bfloat16, float32"):
+        loaded_format(model)
 
 
 def test_measure_tables_refuses_a_float_format_it_cannot_time(net: Net, x: torch.Tensor) -> None:
