@@ -163,6 +163,7 @@ def main() -> None:
     ap.add_argument("--budget", default="latency=0.8x,memory=0.5x")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                     help="the pipeline's dtype (bfloat16: half the weights' memory, the bf16 model its own reference)")
+    ap.add_argument("--db", default=None, help="keep the study in this SQLite file (default: a temporary one)")
     ap.add_argument("--workers", type=int, default=1,
                     help="evaluate on this many Ray workers (each loads its own model; the peak is then summed "
                          "over every process, Ray's own included, and the stage compared by wall time)")
@@ -205,7 +206,7 @@ def main() -> None:
     evaluations: list[object] = []
     with tempfile.TemporaryDirectory() as tmp:
         with stage(rows, "load + inventory"):
-            study = Study.create("scale", spec, str(Path(tmp) / "scale.db"))
+            study = Study.create("scale", spec, args.db or str(Path(tmp) / "scale.db"))
             layers = study.layers(quiet)
         with stage(rows, "calibration"):
             study.cache.activation_ranges(quiet)
@@ -219,8 +220,12 @@ def main() -> None:
         with stage(rows, "integer program" if arch.whole_study else "integer program (naive scores)"):
             study.problem(layers, scores, quiet)
         if arch.whole_study:
+            def solver_time(message: str) -> None:  # the integer program's sweep runs inside the study's run
+                if message.startswith(f"{spec.solver}:"):
+                    print(f"    {message}")
+
             with stage(rows, "all evaluations", processes=args.workers > 1):
-                study.run(progress=quiet, executor=get_executor("ray", workers=args.workers, threads_per_worker=1,
+                study.run(progress=solver_time, executor=get_executor("ray", workers=args.workers, threads_per_worker=1,
                                                                 num_cpus=args.workers) if args.workers > 1 else None)
             evaluations = list(study.storage.list_evaluations("scale"))
         study.storage.close()

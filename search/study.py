@@ -153,7 +153,9 @@ class Study:
         while not solver.done:
             if seconds_left(deadline) == 0:
                 return False
+            t0 = time.perf_counter()
             proposals = solver.ask(problem, executor.parallelism)
+            progress(f"{self.spec.solver}: {len(proposals)} proposal(s) in {time.perf_counter() - t0:.1f} s")
             ids = self._queue(proposals)
             self.evaluate(progress, seconds_left(deadline), executor)
             for proposal, cid in zip(proposals, ids, strict=True):

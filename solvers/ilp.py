@@ -38,8 +38,12 @@ from solvers.problem import Plan, Problem, SolverError, SolverTimeout
 
 BACKENDS = ("auto", "highs", "cbc")
 DEFAULT_GAP = 1e-6  # relative MIP gap: "optimal" up to one part in a million
-# A search's solves (each point of its sweep) stop here with the best config found: a PixArt-size problem
-# (287 layers x 2 groups, 28 alike blocks: symmetric) ran 20 minutes at one point without closing the gap
+# A search's solves (each point of its sweep, Optuna's seeds) stop at a gap of one part in ten thousand
+# (HiGHS's own default; its candidates are measured next, and the scores they sum are estimates far
+# coarser than that) or after SEARCH_SOLVE_S with the best config found: a PixArt-size problem (287
+# layers x 2 groups, 28 alike blocks: symmetric) ran 20 minutes at one point without closing a 1e-6 gap,
+# and at 60 s a point its 8-point sweep took 8 minutes
+SEARCH_GAP = 1e-4
 SEARCH_SOLVE_S = 60.0
 HIGHS_FEASIBILITY_TOLERANCE = 1e-9  # HiGHS's default 1e-6 lets budget rows run over (see _highs_class)
 _SOLVER_NAMES = {"highs": "HiGHS", "cbc": "CBC"}
@@ -453,7 +457,7 @@ class IlpSolver(OneShot):
     @classmethod
     def for_search(cls, settings: SearchSettings) -> IlpSolver:
         # a study measures the front just under its target budget, one proposal per trial
-        return cls(points=settings.trials, time_limit=SEARCH_SOLVE_S)
+        return cls(points=settings.trials, gap=SEARCH_GAP, time_limit=SEARCH_SOLVE_S)
 
     def propose(self, problem: Problem) -> list[BitConfig]:
         values = self.values

@@ -77,7 +77,8 @@ class OptunaSolver(Solver):
                  space: str = "knobs", storage: str | optuna.storages.BaseStorage | None = None,
                  study_name: str | None = None, seed: int | None = None, seed_points: int = 5,
                  min_scale: float = 0.5, max_group_shift: int = 1, max_blocks: int = 8, ilp_backend: str = "auto",
-                 ilp_time_limit: float | None = None, threads: int | None = None, startup_trials: int = 10, patience: int = 0,
+                 ilp_time_limit: float | None = None, ilp_gap: float = ilp.DEFAULT_GAP, threads: int | None = None,
+                 startup_trials: int = 10, patience: int = 0,
                  tolerance: float = FRONT_TOLERANCE, quality: str | None = None,
                  log: Callable[[str], None] | None = None) -> None:
         if sampler not in SAMPLERS:
@@ -93,7 +94,8 @@ class OptunaSolver(Solver):
         self.seed_points, self.min_scale, self.max_group_shift, self.max_blocks = (
             seed_points, min_scale, max_group_shift, max_blocks)
         self.ilp_backend, self.threads, self.startup_trials = ilp_backend, threads, startup_trials
-        self.ilp_time_limit = ilp_time_limit  # seconds per solve (None: until optimal)
+        self.ilp_time_limit = ilp_time_limit  # seconds per solve (None: until optimal up to ilp_gap)
+        self.ilp_gap = ilp_gap
         self.patience, self.tolerance, self.quality = patience, tolerance, quality
         self.log: Callable[[str], None] = log or (lambda message: None)
         self._scale_floor = min_scale  # raised by `_open` to the lowest feasible share of the budget
@@ -110,7 +112,7 @@ class OptunaSolver(Solver):
         # Chosen on bench/search.py (24 trials, builtin): see bench/results/search-ray-cpu-1thread.txt.
         return cls(n_trials=settings.trials, sampler="tpe", storage=settings.storage,
                    study_name=optuna_study_name(settings.name), seed=settings.seed, seed_points=seeds, max_blocks=4,
-                   ilp_time_limit=ilp.SEARCH_SOLVE_S,
+                   ilp_time_limit=ilp.SEARCH_SOLVE_S, ilp_gap=ilp.SEARCH_GAP,
                    startup_trials=seeds + 1, patience=settings.patience, quality=settings.quality, log=settings.log)
 
     # ---- the proposer contract --------------------------------------------------------------------
@@ -266,7 +268,7 @@ class OptunaSolver(Solver):
         scales = [lo + (1 - lo) * i / max(self.seed_points - 1, 1)
                   for i in range(self.seed_points)]
         front = ilp.sweep(problem, [primary.value * s for s in scales], primary.metric, self.ilp_backend,
-                          threads=self.threads, time_limit=self.ilp_time_limit)
+                          gap=self.ilp_gap, threads=self.threads, time_limit=self.ilp_time_limit)
         out = []
         for point in front:
             if self.space == "knobs":
@@ -307,7 +309,7 @@ class OptunaSolver(Solver):
                 f: problem.score_multipliers.get(f, 1.0) * 4.0 ** offsets[b]
                 for b, members in blocks.items() for f in members}
         variant = problem.replace(**changes)
-        return ilp.solve(variant, self.ilp_backend, threads=self.threads, time_limit=self.ilp_time_limit)
+        return ilp.solve(variant, self.ilp_backend, self.ilp_gap, self.threads, self.ilp_time_limit)
 
     def _direct_config(self, problem: Problem, trial: optuna.Trial) -> BitConfig:
         plans = []

@@ -222,14 +222,15 @@ def test_highs_prints_no_banner_on_stdout() -> None:
 
 
 def test_a_search_bounds_each_solve_and_still_gets_its_front(layers: list[Layer], scores: Scores) -> None:
-    """A study's solvers stop each solve at SEARCH_SOLVE_S with the best config found (a symmetric
-    PixArt-size problem never closed its gap): the ILP's sweep and Optuna's seeding solves alike."""
+    """A study's solvers stop each solve at SEARCH_GAP, or at SEARCH_SOLVE_S with the best config found (a
+    symmetric PixArt-size problem never closed a 1e-6 gap): the ILP's sweep and Optuna's seeding solves alike."""
     from solvers.base import SearchSettings, solver_for_search
 
     settings = SearchSettings("s", trials=3)
     solver = solver_for_search("ilp", settings)
-    assert solver.time_limit == ilp.SEARCH_SOLVE_S  # type: ignore[attr-defined]
-    assert solver_for_search("optuna", settings).ilp_time_limit == ilp.SEARCH_SOLVE_S  # type: ignore[attr-defined]
+    assert (solver.time_limit, solver.gap) == (ilp.SEARCH_SOLVE_S, ilp.SEARCH_GAP)  # type: ignore[attr-defined]
+    optuna = solver_for_search("optuna", settings)
+    assert (optuna.ilp_time_limit, optuna.ilp_gap) == (ilp.SEARCH_SOLVE_S, ilp.SEARCH_GAP)  # type: ignore[attr-defined]
     p = make(layers, scores, "wbits=5.2")
     configs = solver.propose(p)  # type: ignore[attr-defined]
     assert configs and all(within(p, c) for c in configs)
