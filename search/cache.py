@@ -94,6 +94,7 @@ class StudyCache:
 
     def scores(self, layers: list[Layer], progress: Progress = print) -> list[Scores]:
         """Every score set of the study's estimators, in `spec.estimators` order."""
+        from quant.resident import release_freed
         from quant.scores import Scores
         from sensitivity.base import get_estimator
 
@@ -107,6 +108,7 @@ class StudyCache:
                 stored = [estimator.estimate(self._workload(), layers, list(self.spec.bits), self.spec.groups)]
                 for scores in stored:
                     self.storage.put_scores(self.name, **scores.to_table())
+                release_freed()  # the estimator's copies and activations: kept by the process otherwise
             out += stored
         return out
 
@@ -119,6 +121,7 @@ class StudyCache:
 
         from quant.backends.base import get_backend
         from quant.cost import TargetTables
+        from quant.resident import release_freed
         from quant.targets import measure_tables
         from workloads.base import denoiser_inputs
 
@@ -136,8 +139,10 @@ class StudyCache:
             progress(f"target tables: {len(self.layers())} layers x {len(self.spec.bits) + 1} bit pairs on {machine} "
                      f"({self.spec.backend} kernels): latency and held bytes, and the fastest float format")
             workload = self._workload()
-            return measure_tables(workload.denoiser, denoiser_inputs(workload), [FULL_PRECISION, *self.spec.bits],
-                                  self.spec.backend, self.activation_ranges(progress))
+            tables = measure_tables(workload.denoiser, denoiser_inputs(workload), [FULL_PRECISION, *self.spec.bits],
+                                    self.spec.backend, self.activation_ranges(progress))
+            release_freed()  # each applied pair's codes and an fp32 model's bf16 copy
+            return tables
 
         return once(load, compute, lambda t: self.put_json(TABLES, {"machine": machine, "tables": t.to_dict()}))
 
