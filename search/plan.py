@@ -210,7 +210,7 @@ def predict(spec: StudySpec, m: Measured, workers: int = 1) -> Plan:
     """The stages of a study of `spec` from the measurements `m` (see the module docstring), its
     evaluations run by `workers` workers (more than 1: Ray actors, each a process with its model)."""
     from quant.latency import REPLAY_ROUNDS, REPLAY_S, TABLE_MIN_ROUNDS, TABLE_S
-    from solvers.ilp import SEARCH_SOLVE_S
+    from solvers.ilp import SEARCH_GAP, SEARCH_SOLVE_S
 
     call, steps, base = m.call, spec.num_steps, m.loaded_bytes
 
@@ -281,8 +281,8 @@ def predict(spec: StudySpec, m: Measured, workers: int = 1) -> Plan:
         peak = workers * peak + max(0, base - m.weight_bytes)
         how += (f"; {workers} Ray workers at once, each loading a model and making the float reference after "
                 f"Ray's start ({m.workers_start_s:.0f} s measured; time: wall, each worker's CPU)")
-    how += ("; not counted: the solver's proposing (an integer program's solves stop at a 1e-4 gap or at "
-            f"{SEARCH_SOLVE_S:.0f} s each)")
+    how += (f"; not counted: the solver's proposing (an integer program's solves stop at a {SEARCH_GAP:g} gap "
+            f"or at {SEARCH_SOLVE_S:.0f} s each)")
     stages.append(Stage("all evaluations", total, peak, how, "fewer eval_samples or full_samples, or fewer workers"))
     return Plan(spec, m, tuple(stages))
 
