@@ -149,7 +149,7 @@ def measure_tables(model: nn.Module, inputs: Mapping[str, Any], bits: Sequence[B
                                 loaded_clock, BF16)
         fp32_clock = loaded_clock
         half = copy.deepcopy(model).to(torch.bfloat16)
-        half_inputs = _to_bf16(inputs)
+        half_inputs = to_bf16(inputs)
         # more repeats steady the ratio of the two floats, the reference of every relative budget, which
         # otherwise flips between them when they are close; a big model's calls are steady in a few rounds
         fp32_s, bf16_s = time_calls([lambda: model(**inputs), lambda: half(**half_inputs)], 4 * repeats + 1,
@@ -200,12 +200,12 @@ def _ratio(value: float | None, reference: float) -> float | None:
     return None if value is None or reference <= 0 else value / reference
 
 
-def _to_bf16(value: Any) -> Any:
+def to_bf16(value: Any) -> Any:
     """`value` with every floating tensor cast to bfloat16 (through dicts, lists and tuples)."""
     if isinstance(value, Tensor):
         return value.to(torch.bfloat16) if value.is_floating_point() else value
     if isinstance(value, Mapping):
-        return {k: _to_bf16(v) for k, v in value.items()}
+        return {k: to_bf16(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_to_bf16(v) for v in value)
+        return type(value)(to_bf16(v) for v in value)
     return value

@@ -10,7 +10,8 @@
   (time and activations are affine in the batch); the sampler's own batching (classifier-free
   guidance) is inside the call, as the workload makes it;
 - one calibration call (the same call with the range observers hooked: their overhead), one config
-  applied (its seconds, what it holds, one quantized call), one 2-step generation of 1 and of 2 images
+  applied (its seconds, what it holds, one quantized call), for an fp32 model one call of a bf16 copy
+  (the reference of relative latency budgets where faster), one 2-step generation of 1 and of 2 images
   less their denoiser calls (the sampler's work besides the denoiser: encoders, decoder);
 - one estimator step per estimator of the study: the estimator run for real on 1 image and 2 steps
   (1 timestep group), half its CPU seconds and its peak resident rise.
@@ -32,9 +33,10 @@
 - each cheap / full evaluation: applying a config, then `eval_samples` (`full_samples`) images x
   `num_steps` calls, the cheap one plus one batch-1 call per timestep group replayed quantized and
   float for latency, in rounds, after a warm-up (`quant.latency.side_by_side`); quantized calls priced
-  by one measured call with the study's first bit pair applied everywhere (searched configs mix in
-  slower weight-only and dequantizing kernels, but a budget keeps them near it), the sampler's other
-  work by the 2-step generations; metrics are not counted; peak: the
+  at the budget's latency cap (the solver spends it on quality; a relative cap is of the reference
+  float's call), or at one measured call with the study's first bit pair applied everywhere where that
+  is slower or the budget has no latency limit, the sampler's other work by the 2-step generations;
+  metrics are not counted; peak: the
   model, what the applied config holds (measured) and one call's activations;
 - all evaluations: the full-precision reference, every baseline and trial cheaply, and at most as many
   full evaluations (none where the workload has no alignment or distribution metric); with W Ray
@@ -50,6 +52,7 @@ with stated assumptions, not a measurement: `bitsearch plan` prints it, `launch 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -117,6 +120,9 @@ class Measured:
     table_pairs: int  # quantized pairs the latency table times (pairs sharing another's kernels are not)
     bf16_copy: bool  # the table also times a bf16 copy (an fp32 model; a bf16 one is its own reference)
     workers_start_s: float = 0.0  # wall seconds for Ray and its workers to start (measured for 2+ workers)
+    # the reference float format's call over the loaded model's: an fp32 model's bf16 copy where faster (the
+    # reference of relative latency budgets), else 1
+    reference_ratio: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -147,13 +153,15 @@ class Plan:
 def measure_plan(spec: StudySpec, workers: int = 1) -> Measured:
     """Load `spec`'s workload and measure what `predict` needs for evaluations on `workers` workers
     (more than 1: Ray's start is measured too; see the module docstring)."""
+    import torch
+
     from quant.apply import quantized
     from quant.backends.base import Quantizable, get_backend, storage_bytes
     from quant.config import BitConfig
     from quant.latency import timed_pairs
     from quant.layers import inventory, quantizable_modules
-    from quant.resident import PeakResident, resident_bytes
-    from quant.targets import FP32, loaded_format
+    from quant.resident import PeakResident, release_freed, resident_bytes
+    from quant.targets import FP32, loaded_format, to_bf16
     from search.baselines import baseline_configs
     from search.study import check_float_format
     from workloads.base import denoiser_inputs
@@ -179,6 +187,12 @@ def measure_plan(spec: StudySpec, workers: int = 1) -> Measured:
             qm.set_step(0)
             apply_s = time.process_time() - t0
             quantized_s = _time_call(partial(_forward, denoiser, one))[0]
+    reference_ratio = 1.0
+    if not get_backend(spec.backend).simulates and loaded_format(denoiser) == FP32:
+        half = copy.deepcopy(denoiser).to(torch.bfloat16)  # what the latency table times fp32 against
+        reference_ratio = min(1.0, _time_call(partial(_forward, half, to_bf16(one)))[0] / max(call.seconds[0], 1e-9))
+        del half
+        release_freed()
     steps: dict[str, tuple[float, int]] = {}
     images: dict[str, int] = {}
     with _sampling_steps(workload, MEASURED_STEPS):
@@ -203,26 +217,32 @@ def measure_plan(spec: StudySpec, workers: int = 1) -> Measured:
                     calibration / max(call.seconds[0], 1e-9), (max(0.0, generation[0]), max(0.0, generation[1])), apply_s,
                     quantized_s / max(call.seconds[0], 1e-9), held.peak_increase_bytes, steps, images,
                     baselines + spec.trials, bool(workload.full_metric_families()),
-                    measures, timed, measures and loaded_format(denoiser) == FP32, workers_start_s)
+                    measures, timed, measures and loaded_format(denoiser) == FP32, workers_start_s, reference_ratio)
 
 
 def predict(spec: StudySpec, m: Measured, workers: int = 1) -> Plan:
     """The stages of a study of `spec` from the measurements `m` (see the module docstring), its
     evaluations run by `workers` workers (more than 1: Ray actors, each a process with its model)."""
+    from quant.cost import LATENCY
     from quant.latency import REPLAY_ROUNDS, REPLAY_S, TABLE_MIN_ROUNDS, TABLE_S
     from solvers.ilp import SEARCH_GAP, SEARCH_SOLVE_S
 
     call, steps, base = m.call, spec.num_steps, m.loaded_bytes
 
-    def generation(images: int, quantized: bool) -> float:
-        """Seconds of one generation of `images` images: its denoiser calls and the rest of the sampler."""
-        # priced at the uniform config measured: a searched config mixes in slower kernels, but the budget
-        # holds it near the uniform one (SD1.5-size, 8 configs under latency=0.8x: evaluations took 0.57x of a
-        # plan pricing them as float calls, about 1.1x of this)
-        ratio = m.quantized_ratio if quantized else 1.0
+    def generation(images: int, ratio: float = 1.0) -> float:
+        """Seconds of one generation of `images` images: its denoiser calls (`ratio` of a float call's
+        time) and the rest of the sampler."""
         return steps * call.time_at(images) * ratio + affine(m.overhead_s, images)
 
-    stages = [Stage("calibration", generation(spec.calibration_samples, False) * m.calibration_overhead,
+    # a searched config's calls: the solver spends a latency budget on quality, so they run at its cap, or
+    # at the uniform config measured where that is slower or there is no cap (PixArt-size fp32 at
+    # latency=0.8x of bf16: the uniform W8A8's 0.21 of an fp32 call put its evaluations at 1.24x of the plan;
+    # the cap, 0.8 x 0.43, at 0.95x)
+    cap = next((x for x in spec.budget.limits if x.metric == LATENCY), None)
+    searched = m.quantized_ratio if cap is None else max(
+        m.quantized_ratio, cap.value * m.reference_ratio if cap.relative else cap.value / max(call.time_at(1), 1e-9))
+
+    stages = [Stage("calibration", generation(spec.calibration_samples) * m.calibration_overhead,
                     base + call.bytes_at(spec.calibration_samples),
                     f"{spec.calibration_samples} images x {steps} calls, observers hooked",
                     "fewer calibration_samples")]
@@ -253,20 +273,20 @@ def predict(spec: StudySpec, m: Measured, workers: int = 1) -> Plan:
                             "plain)" + (", fp32 beside bf16" if m.bf16_copy else ""),
                             "a smaller model (the table applies it whole)"))
     # the latency: one call per timestep group replayed quantized and float side by side, after a warm-up
-    groups, pair = len(spec.groups), call.time_at(1) * (1 + m.quantized_ratio)
+    groups, pair = len(spec.groups), call.time_at(1) * (1 + searched)
     rounds = min(REPLAY_ROUNDS, max(1, math.ceil(REPLAY_S / max(groups * pair, 1e-9))))
-    timed = groups * call.time_at(1) * m.quantized_ratio + call.time_at(1) + rounds * groups * pair
-    cheap = Stage("each cheap evaluation", m.apply_s + generation(spec.eval_samples, True) + timed,
+    timed = groups * call.time_at(1) * searched + call.time_at(1) + rounds * groups * pair
+    cheap = Stage("each cheap evaluation", m.apply_s + generation(spec.eval_samples, searched) + timed,
                   base + m.applied_bytes + call.bytes_at(spec.eval_samples),
                   f"apply + {spec.eval_samples} images x {steps} calls + {rounds} x {groups} calls timed beside "
                   "float",
                   "fewer eval_samples")
     stages.append(cheap)
-    reference = generation(spec.eval_samples, False)  # the float images the cheap evaluations compare with
+    reference = generation(spec.eval_samples)  # the float images the cheap evaluations compare with
     work = m.evaluations * cheap.seconds
     peak, how = cheap.peak_bytes, f"the float reference + {m.evaluations} cheap"
     if m.full_metrics:
-        full = Stage("each full evaluation", m.apply_s + generation(spec.full_samples, True),
+        full = Stage("each full evaluation", m.apply_s + generation(spec.full_samples, searched),
                      base + m.applied_bytes + call.bytes_at(spec.full_samples),
                      f"apply + {spec.full_samples} images x {steps} calls", "fewer full_samples")
         stages.append(full)

@@ -3,6 +3,7 @@ the built-in model, and the refusal of a study that will not fit."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -119,6 +120,22 @@ def test_the_table_prices_only_the_pairs_it_times_and_fast_calls_replay_in_more_
     fast = {s.name: s.seconds for s in predict(SPEC, _measured(call=Call((0.01, 0.015), (1, 1)))).stages}
     replay = 2 * 0.015 + 0.01 + REPLAY_ROUNDS * 2 * 0.025  # 5 rounds of 0.05 s stay under REPLAY_S
     assert fast["each cheap evaluation"] == pytest.approx(3.0 + 8 * 0.015 * 1.5 + 2 * 0.25 + replay)
+
+
+def test_searched_configs_are_priced_at_the_budgets_latency_cap() -> None:
+    """The solver spends a latency budget on quality: a searched config runs at the cap (a relative one
+    of the reference float's call), or at the uniform config measured where that is slower or there is
+    no cap."""
+    def cheap(budget: str, **over: object) -> float:
+        spec = dataclasses.replace(SPEC, budget=Budget.parse(budget))
+        stages = predict(spec, _measured(quantized_ratio=0.5, **over)).stages
+        return next(s.seconds for s in stages if s.name == "each cheap evaluation")
+
+    uniform = cheap("wbits=6")
+    # 8 calls at batch 2 (1.5 s), and per group a warm-up and a round of batch-1 calls (1 s): 16 s at ratio 1
+    assert cheap("latency=0.8x") - uniform == pytest.approx(16 * (0.8 - 0.5))
+    assert cheap("latency=0.8x", reference_ratio=0.5) == pytest.approx(uniform)  # 0.4 of the loaded call
+    assert cheap("latency=900ms") - uniform == pytest.approx(16 * (0.9 - 0.5))  # 0.9 s of a 1 s call
 
 
 def test_slow_calls_shorten_the_tables_windows_and_the_float_model_is_timed_alone_only_without_pairs() -> None:
