@@ -44,7 +44,7 @@ DEFAULT_GAP = 1e-6  # relative MIP gap: "optimal" up to one part in a million
 # gap, and its 8-point sweep took 5-8 minutes with 60 s a point. A looser gap is no way out: at 1e-2 it
 # took 17 s (re-solved on 1 HiGHS thread), but on small problems nearby sweep points then return one
 # config (a warm start within 1% of a looser budget's optimum is accepted), so a study measures fewer
-# candidates than it asked for (a tiny DiT study: 2 instead of 3)
+# candidates than it asked for (a tiny DiT study held 2 with 2 trials and a baseline)
 SEARCH_GAP = 1e-4
 SEARCH_SOLVE_S = 15.0
 HIGHS_FEASIBILITY_TOLERANCE = 1e-9  # HiGHS's default 1e-6 lets budget rows run over (see _highs_class)
