@@ -79,7 +79,7 @@ def start_seconds(workers: int, threads_per_worker: int = 1) -> float:
     if started:
         ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
-        env = {"env_vars": {var: str(threads_per_worker) for var in THREAD_VARS}}
+        env = _runtime_env(threads_per_worker)
         # no CPUs reserved: every probe comes up at once, as the workers do where the CPUs suffice
         probes = [ray.remote(_StartProbe).options(num_cpus=0, runtime_env=env).remote() for _ in range(workers)]
         ray.get([p.ready.remote() for p in probes])
@@ -90,6 +90,11 @@ def start_seconds(workers: int, threads_per_worker: int = 1) -> float:
         if started:
             ray.shutdown()
     return seconds
+
+
+def _runtime_env(threads: int) -> dict[str, dict[str, str]]:
+    """An actor's runtime env: its thread variables set before it imports torch."""
+    return {"env_vars": {var: str(threads) for var in THREAD_VARS}}
 
 
 def _ray() -> Any:
@@ -183,7 +188,7 @@ class RayExecutor(Executor):
         if self.workers * self.threads_per_worker > cpus:
             progress(f"warning: {self.workers} workers x {self.threads_per_worker} threads need more than the "
                      f"{cpus:g} CPUs Ray has; some workers will wait for a CPU")
-        env = {"env_vars": {var: str(self.threads_per_worker) for var in THREAD_VARS}}
+        env = _runtime_env(self.threads_per_worker)
         remote_cls = ray.remote(_EvalActor).options(num_cpus=self.threads_per_worker, runtime_env=env)
         runs: dict[Any, int] = {}  # in-flight actor.run() -> worker index
 
