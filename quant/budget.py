@@ -80,6 +80,10 @@ class Budget:
         parts = [p for t in items for p in t.split(",") if p.strip()]
         return cls(tuple(Limit.parse(p) for p in parts))
 
+    def limit(self, metric: str) -> Limit | None:
+        """The limit on `metric`, or None when the budget does not bound it."""
+        return next((lim for lim in self.limits if lim.metric == metric), None)
+
     def violations(self, costs: Costs, reference: Costs) -> list[str]:
         """Human-readable list of the limits `costs` exceeds (empty when within budget)."""
         out = []

@@ -238,7 +238,7 @@ def predict(spec: StudySpec, m: Measured, workers: int = 1) -> Plan:
     # at the uniform config measured where that is slower or there is no cap (PixArt-size fp32 at
     # latency=0.8x of bf16: the uniform W8A8's 0.21 of an fp32 call put its evaluations at 1.24x of the plan;
     # the cap, 0.8 x 0.43, at 0.95x)
-    cap = next((x for x in spec.budget.limits if x.metric == LATENCY), None)
+    cap = spec.budget.limit(LATENCY)
     searched = m.quantized_ratio if cap is None else max(
         m.quantized_ratio, cap.value * m.reference_ratio if cap.relative else cap.value / max(call.time_at(1), 1e-9))
 

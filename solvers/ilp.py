@@ -412,7 +412,7 @@ def sweep(problem: Problem, values: Sequence[float], metric: str | None = None, 
     looser budget, so it is handed to the solver as its starting incumbent. Infeasible values are
     skipped with a warning; a solve that ends without a solution or a proof raises SolverError."""
     metric = metric or problem.budget.limits[0].metric
-    base = next((x for x in problem.budget.limits if x.metric == metric), None)
+    base = problem.budget.limit(metric)
     if base is None:
         raise ValueError(f"sweep metric {metric!r} is not in the budget {problem.budget}; add a limit on it")
     model = _Model(problem)

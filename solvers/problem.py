@@ -450,7 +450,7 @@ class Problem:
 
     def in_user_units(self, metric: str, value: float) -> float:
         """An absolute cost expressed the way the budget gave `metric` (relative stays relative)."""
-        lim = next((x for x in self.budget.limits if x.metric == metric), None)
+        lim = self.budget.limit(metric)
         if lim is not None and lim.relative:
             return value / Limit(metric, 1.0, relative=True).absolute(self.reference)
         return value
@@ -480,7 +480,7 @@ class Problem:
             return InfeasibleBudget(f"limit {name} cannot be met {given}; loosen the other limits", name,
                                     self.in_user_units(name, cap), math.nan)
         user_cap, user_low = self.in_user_units(name, cap), self.in_user_units(name, low)
-        lim = next((x for x in self.budget.limits if x.metric == name), None)
+        lim = self.budget.limit(name)
         suffix = "x" if lim is not None and lim.relative else ""
         shown = _round_up(user_low)
         return InfeasibleBudget(
