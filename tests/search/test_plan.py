@@ -209,12 +209,12 @@ def test_ray_workers_divide_the_evaluations_time_and_each_holds_a_model() -> Non
         check_fits(predict(SPEC, m, workers=2), int(1.5 * one.peak_bytes))
 
 
-def test_rays_start_is_measured_for_the_plan_and_leaves_no_ray_running() -> None:
+def test_rays_start_is_measured_for_the_plan_and_leaves_ray_as_it_found_it() -> None:
     """What a study's Ray run spends before its workers load the model: a local Ray and 2 actors that
     import torch, diffusers and the evaluator's modules (a second or more on any machine)."""
     ray = pytest.importorskip("ray", reason="pip install ray to run the ray executor tests")
     from search.executors.ray_executor import start_seconds
 
-    assert not ray.is_initialized()
+    before = ray.is_initialized()  # whatever an earlier test left: the probe leaves Ray as it found it
     assert start_seconds(2) > 1.0  # two processes importing torch alone take longer
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == before
